@@ -1,0 +1,257 @@
+"""regorus in-process: load a bundle folder, evaluate `data.locus.routing.decision` per call.
+
+A bundle is a folder of `*.rego` files and an optional `data.json`. Its revision is a hash of
+their contents (and of the config's data overrides). Hot reload: before each evaluation the
+folder is checked for changes; a new bundle that fails to load is rejected with a clear error and
+the last good one keeps serving. Input and data cross into regorus as JSON strings (DESIGN.md:
+celine-regorus turns Python bools into numbers through set_input(dict)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import regorus
+
+from locus_llm.errors import PolicyError
+
+log = logging.getLogger("locus.policy")
+
+DECISION_RULE = "data.locus.routing.decision"
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    allowed: list[str]
+    denied: dict[str, list[str]]
+    redact: list[str] = field(default_factory=list)
+    redact_zones: list[str] = field(default_factory=list)
+    capability_floor: int = 0
+    revision: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "denied": self.denied,
+            "obligations": {"redact": self.redact, "redact_zones": self.redact_zones},
+            "capability_floor": self.capability_floor,
+            "revision": self.revision,
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, compiled bundle. Immutable: reload swaps the whole object."""
+
+    engine: regorus.Engine
+    revision: str
+    fingerprint: tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size): cheap change check
+    files: tuple[str, ...]
+
+
+def bundle_files(folder: Path, *, tests: bool = False) -> list[Path]:
+    if not folder.is_dir():
+        raise PolicyError(f"{folder}: policy bundle folder not found")
+    files = sorted(folder.glob("*.rego"))
+    if not tests:
+        files = [f for f in files if not f.name.endswith("_test.rego")]
+    if not files:
+        raise PolicyError(f"{folder}: no .rego files in the policy bundle")
+    return files
+
+
+def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, mtimes and sizes of the bundle's files: what changes when someone edits it."""
+    try:
+        with os.scandir(folder) as entries:
+            stats = [(e.name, e.stat()) for e in entries
+                     if e.name.endswith(".rego") or e.name == "data.json"]
+    except OSError:
+        return ()
+    return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats))
+
+
+def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
+                tests: bool = False) -> Bundle:
+    """Compile the bundle, or raise PolicyError naming file:line."""
+    folder = Path(folder)
+    printed = fingerprint(folder)
+    files = bundle_files(folder, tests=tests)
+    engine = regorus.Engine()
+    digest = hashlib.sha256()
+    for path in files:
+        text = _read(path)
+        digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
+        try:
+            engine.add_policy(str(path), text)
+        except Exception as exc:  # regorus raises RuntimeError with a rendered location
+            raise PolicyError(f"policy error in {_regorus_message(exc)}") from None
+    data = _read_data(folder / "data.json")
+    data = deep_merge(data, data_overrides or {})
+    data_json = json.dumps(data, sort_keys=True)
+    digest.update(b"data\0" + data_json.encode())
+    try:
+        engine.add_data_json(data_json)
+    except Exception as exc:
+        raise PolicyError(f"{folder / 'data.json'}: {_regorus_message(exc)}") from None
+    return Bundle(engine, digest.hexdigest()[:16], printed, tuple(p.name for p in files))
+
+
+class PolicyEngine:
+    """Evaluates the routing decision; thread-safe; hot-reloads its bundle folder."""
+
+    def __init__(self, folder: Path, data_overrides: dict[str, Any] | None = None, *,
+                 reload: bool = True) -> None:
+        self.folder = Path(folder)
+        self.data_overrides = data_overrides or {}
+        self.reload = reload
+        self.last_reload_error: str | None = None
+        self._bundle = load_bundle(self.folder, self.data_overrides)
+        self._reload_lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def revision(self) -> str:
+        return self._bundle.revision
+
+    def bundle_text(self) -> dict[str, str]:
+        """The active bundle's sources by file name (what an MCP resource or a UI shows)."""
+        texts = {name: _read(self.folder / name) for name in self._bundle.files}
+        data = self.folder / "data.json"
+        if data.exists():
+            texts["data.json"] = _read(data)
+        return texts
+
+    def check_reload(self) -> None:
+        """Reload if the folder changed; on failure keep serving the last good bundle."""
+        if not self.reload or fingerprint(self.folder) == self._bundle.fingerprint:
+            return
+        with self._reload_lock:
+            current = fingerprint(self.folder)
+            if current == self._bundle.fingerprint:
+                return
+            try:
+                bundle = load_bundle(self.folder, self.data_overrides)
+            except PolicyError as exc:
+                if self.last_reload_error != str(exc):
+                    log.error("policy reload rejected, keeping revision %s: %s",
+                              self._bundle.revision, exc)
+                self.last_reload_error = str(exc)
+                # remember the broken fingerprint so we do not recompile it on every call
+                self._bundle = Bundle(self._bundle.engine, self._bundle.revision, current,
+                                      self._bundle.files)
+                return
+            self.last_reload_error = None
+            log.info("policy reloaded: revision %s -> %s", self._bundle.revision, bundle.revision)
+            self._bundle = bundle
+
+    def evaluate(self, policy_input: dict[str, Any]) -> PolicyDecision:
+        self.check_reload()
+        bundle = self._bundle  # one reference for the whole evaluation: never half a bundle
+        raw = self.evaluate_raw(policy_input, DECISION_RULE, bundle)
+        return parse_decision(raw, set(policy_input.get("loci", {})), bundle.revision)
+
+    def evaluate_raw(self, policy_input: dict[str, Any], rule: str,
+                     bundle: Bundle | None = None) -> Any:
+        bundle = bundle or self._bundle
+        engine = self._thread_engine(bundle)
+        try:
+            engine.set_input_json(json.dumps(policy_input))
+            result = engine.eval_rule_as_json(rule)
+        except Exception as exc:
+            raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
+        value = json.loads(result)
+        if value == "<undefined>":
+            raise PolicyError(f"{rule} is undefined for this input (revision {bundle.revision})")
+        return value
+
+    def _thread_engine(self, bundle: Bundle) -> regorus.Engine:
+        # An engine holds its input between set and eval, so each thread gets its own clone.
+        local = self._local
+        if getattr(local, "revision", None) != bundle.revision or local.bundle is not bundle:
+            local.engine = bundle.engine.clone()
+            local.revision = bundle.revision
+            local.bundle = bundle
+        return local.engine
+
+
+def parse_decision(raw: Any, loci: set[str], revision: str) -> PolicyDecision:
+    """Check the policy's output against the contract; anything off is a PolicyError."""
+    if not isinstance(raw, dict):
+        raise PolicyError(f"policy decision must be an object, got {type(raw).__name__}")
+    allowed = raw.get("allowed", [])
+    denied = raw.get("denied", {})
+    obligations = raw.get("obligations", {}) or {}
+    if not isinstance(allowed, list) or not all(isinstance(n, str) for n in allowed):
+        raise PolicyError("policy decision: 'allowed' must be a list of locus names")
+    if not isinstance(denied, dict):
+        raise PolicyError("policy decision: 'denied' must be an object of locus -> reasons")
+    unknown = sorted(set(allowed) - loci)
+    if unknown:
+        raise PolicyError(f"policy allowed unknown locus {unknown}: configured are {sorted(loci)}")
+    both = sorted(set(allowed) & set(denied))
+    if both:
+        raise PolicyError(f"policy both allowed and denied {both}")
+    redact = obligations.get("redact", []) if isinstance(obligations, dict) else None
+    zones = obligations.get("redact_zones", ["cloud"]) if isinstance(obligations, dict) else None
+    if not isinstance(redact, list) or not isinstance(zones, list):
+        raise PolicyError("policy decision: obligations.redact and redact_zones must be lists")
+    floor = raw.get("capability_floor", 0)
+    if not isinstance(floor, int | float):
+        raise PolicyError("policy decision: capability_floor must be a number")
+    return PolicyDecision(
+        allowed=sorted(allowed),
+        denied={str(k): [str(r) for r in (v if isinstance(v, list) else [v])]
+                for k, v in denied.items()},
+        redact=sorted(str(t) for t in redact),
+        redact_zones=[str(z) for z in zones],
+        capability_floor=int(floor),
+        revision=revision,
+    )
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read: {exc}") from None
+
+
+def _read_data(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(_read(path))
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: data.json must hold an object")
+    return data
+
+
+def _regorus_message(exc: BaseException) -> str:
+    """regorus messages carry a rendered source location and a Rust backtrace; keep the first."""
+    text = str(exc).split("Stack backtrace:")[0].strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    location = next((ln.split("-->", 1)[1].strip() for ln in lines if "-->" in ln), "")
+    error = next((ln.strip() for ln in lines if ln.strip().startswith("error:")), "")
+    if location:
+        return f"{location}: {error.removeprefix('error:').strip() or text}"
+    return " ".join(lines) or type(exc).__name__
