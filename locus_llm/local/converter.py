@@ -1,0 +1,543 @@
+"""GGUF → ONNX for decoder-only models of the Llama family, with numpy, `gguf` and `onnx` (no torch).
+
+The graph uses the standard opset-23 operators `RMSNormalization`, `RotaryEmbedding` and `Attention`
+(with its KV cache), and onnxruntime's `MatMulNBits` for int4/int8 weights. Its inputs and outputs
+follow the layout most published ONNX decoders use (`input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.N.key/value` → `logits`, `present.N.key/value`), so one runtime runs both.
+`logits` holds the last position only: generation never needs the others, and skipping the vocabulary
+projection for the rest of the prompt is most of the prefill time of a small model.
+
+The output folder holds `model.onnx` (+ `model.onnx.data`), `tokenizer.json`, `tokenizer_config.json`
+(with the chat template) and `locus.json` (what the runtime needs: context window, stop tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+from onnx import TensorProto, helper, numpy_helper
+
+from locus_llm.errors import LocusError
+
+CONVERTER_VERSION = 1
+QUANTS = ("int4", "int8", "fp32")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+BLOCK_SIZE = 32
+# int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
+ACCURACY_LEVEL = 4
+
+# Pre-tokenisation regexes of the byte-level BPE vocabularies, keyed by llama.cpp's `tokenizer.ggml.pre`.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLIT_BY_PRE = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+# Token types in GGUF (llama.cpp's enum): CONTROL and USER_DEFINED are added tokens, not merges.
+_CONTROL, _USER_DEFINED = 3, 4
+# Tokens after which a chat model has finished its turn, besides the declared end-of-sequence token.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>")
+
+
+class ConversionError(LocusError, ValueError):
+    """The GGUF file cannot be converted (unsupported architecture, missing tensor or metadata)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    architecture: str
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_dim: int
+    rope_base: float
+    rope_linear_factor: float
+    rms_eps: float
+    context_length: int
+    vocab_size: int
+
+
+def convert_gguf(
+    gguf_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    quant: str = "int4",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Convert one GGUF file into a model folder; returns the manifest written as `locus.json`."""
+    if quant not in QUANTS:
+        raise ConversionError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANTS)}")
+    started = time.perf_counter()
+    source = Path(gguf_path)
+    if not source.is_file():
+        raise ConversionError(f"no such GGUF file: {source}")
+    try:
+        reader = GGUFReader(source)
+    except Exception as exc:  # gguf raises bare ValueError/struct errors on a damaged file
+        raise ConversionError(f"{source} is not a readable GGUF file: {exc}") from exc
+    metadata = _read_metadata(reader)
+    params = _hyperparameters(metadata)
+    tensors = {t.name: t for t in reader.tensors}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = _build_graph(params, lambda n: _load_tensor(tensors, n), tensors, quant)
+    for stale in ("model.onnx", "model.onnx.data"):
+        (out / stale).unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        out / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+
+    tokenizer, tokenizer_config = build_tokenizer(metadata)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    tokens: list[str] = metadata["tokenizer.ggml.tokens"]
+    eos_ids = _end_token_ids(metadata, tokens)
+    stat = source.stat()
+    manifest: dict[str, Any] = {
+        "name": name or source.stem,
+        "format": "locus-onnx",
+        "converter_version": CONVERTER_VERSION,
+        "architecture": params.architecture,
+        "quant": quant,
+        "context_window": params.context_length,
+        "vocab_size": params.vocab_size,
+        "eos_token_ids": eos_ids,
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "add_bos_token": bool(tokenizer_config.get("add_bos_token", False)),
+        "source": {"path": str(source.resolve()), "size": stat.st_size, "mtime": stat.st_mtime},
+        "conversion_seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / "locus.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def build_tokenizer(metadata: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A `tokenizers.Tokenizer` and a transformers-style tokenizer_config from GGUF metadata."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    kind = metadata.get("tokenizer.ggml.model")
+    tokens: list[str] = metadata.get("tokenizer.ggml.tokens") or []
+    if not tokens:
+        raise ConversionError("the GGUF file has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+    if kind == "gpt2":
+        pre = metadata.get("tokenizer.ggml.pre", "default")
+        merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
+        vocab = {token: index for index, token in enumerate(tokens)}
+        tokenizer = Tokenizer(BPE(vocab, merges, ignore_merges=pre in ("llama-bpe", "llama3")))
+        if pre == "smollm":
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Digits(individual_digits=True),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                ]
+            )
+        elif pre in _SPLIT_BY_PRE:
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(_SPLIT_BY_PRE[pre]), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        else:
+            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        types = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        tokenizer.add_special_tokens(
+            [
+                AddedToken(tok, special=True, normalized=False)
+                for tok, kind_ in zip(tokens, types, strict=False)
+                if kind_ in (_CONTROL, _USER_DEFINED)
+            ]
+        )
+    elif kind == "llama":
+        tokenizer = _sentencepiece_tokenizer(metadata)
+    else:
+        raise ConversionError(f"unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
+
+    def token(key: str) -> str | None:
+        index = metadata.get(f"tokenizer.ggml.{key}")
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token("bos_token_id"),
+        "eos_token": token("eos_token_id"),
+        "unk_token": token("unknown_token_id"),
+        "pad_token": token("padding_token_id"),
+        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+        "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
+        "chat_template": metadata.get("tokenizer.chat_template"),
+        "model_max_length": _arch_value(metadata, "context_length", 2048),
+    }
+    return tokenizer, config
+
+
+def _sentencepiece_tokenizer(metadata: dict[str, Any]) -> Any:
+    """SentencePiece vocabularies (TinyLlama, Llama 2): transformers knows how to rebuild them."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+    renames = {
+        "model": "tokenizer_type",
+        "pre": "pre_tokenizer_type",
+        "tokens": "tokens",
+        "scores": "scores",
+        "token_type": "token_type",
+        "merges": "merges",
+        "bos_token_id": "bos_token_id",
+        "eos_token_id": "eos_token_id",
+        "unknown_token_id": "unk_token_id",
+        "padding_token_id": "pad_token_id",
+        "add_space_prefix": "add_prefix_space",
+    }
+    tokenizer_dict = {
+        new: metadata[f"tokenizer.ggml.{old}"]
+        for old, new in renames.items()
+        if f"tokenizer.ggml.{old}" in metadata
+    }
+    tokenizer, _ = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer_dict)
+    return tokenizer
+
+
+def _read_metadata(reader: GGUFReader) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            metadata[key] = field.contents()
+        except Exception:  # a field type this gguf version cannot decode is not one we need
+            continue
+    return metadata
+
+
+def _arch_value(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
+    return metadata.get(f"{metadata.get('general.architecture')}.{key}", default)
+
+
+def _hyperparameters(metadata: dict[str, Any]) -> Hyperparameters:
+    arch = metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(
+            f"unsupported architecture {arch!r}; this converter handles {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+    def need(key: str) -> Any:
+        value = _arch_value(metadata, key)
+        if value is None:
+            raise ConversionError(f"the GGUF file lacks {arch}.{key}")
+        return value
+
+    hidden = int(need("embedding_length"))
+    n_heads = int(need("attention.head_count"))
+    head_dim = int(_arch_value(metadata, "attention.key_length", hidden // n_heads))
+    scaling = _arch_value(metadata, "rope.scaling.type", "none")
+    factor = float(_arch_value(metadata, "rope.scaling.factor", 1.0) or 1.0)
+    vocab = _arch_value(metadata, "vocab_size") or len(metadata.get("tokenizer.ggml.tokens", []))
+    return Hyperparameters(
+        architecture=arch,
+        n_layers=int(need("block_count")),
+        hidden=hidden,
+        intermediate=int(need("feed_forward_length")),
+        n_heads=n_heads,
+        n_kv_heads=int(_arch_value(metadata, "attention.head_count_kv", n_heads)),
+        head_dim=head_dim,
+        rope_dim=int(_arch_value(metadata, "rope.dimension_count", head_dim)),
+        rope_base=float(_arch_value(metadata, "rope.freq_base", 10000.0)),
+        rope_linear_factor=factor if scaling == "linear" else 1.0,
+        rms_eps=float(need("attention.layer_norm_rms_epsilon")),
+        context_length=int(_arch_value(metadata, "context_length", 2048)),
+        vocab_size=int(vocab),
+    )
+
+
+def _end_token_ids(metadata: dict[str, Any], tokens: list[str]) -> list[int]:
+    ids = []
+    eos = metadata.get("tokenizer.ggml.eos_token_id")
+    if isinstance(eos, int):
+        ids.append(eos)
+    index = {tok: i for i, tok in enumerate(tokens) if tok in END_OF_TURN_TOKENS}
+    ids.extend(index[tok] for tok in END_OF_TURN_TOKENS if tok in index and index[tok] not in ids)
+    return ids
+
+
+def _load_tensor(tensors: dict[str, Any], name: str) -> np.ndarray:
+    """A tensor as float32 in numpy order (rows = output features), dequantised if needed."""
+    if name not in tensors:
+        raise ConversionError(f"the GGUF file lacks tensor {name}")
+    t = tensors[name]
+    if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        shape = tuple(int(d) for d in reversed(t.shape))
+        return np.asarray(t.data, dtype=np.float32).reshape(shape)
+    return np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+
+
+def _unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation, back to the half-split rotary layout."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def quantize_blockwise(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric round-to-nearest blocks along K, in MatMulNBits's layout.
+
+    `weight` is [N, K]; returns (B [N, blocks, BLOCK_SIZE*bits/8] uint8, scales [N*blocks] float32,
+    zero_points uint8, two 4-bit values per byte for int4).
+    """
+    n, k = weight.shape
+    pad = (-k) % BLOCK_SIZE
+    if pad:
+        weight = np.pad(weight, ((0, 0), (0, pad)))
+    blocks = weight.reshape(n, -1, BLOCK_SIZE)
+    levels = (1 << bits) - 1
+    lo = np.minimum(blocks.min(axis=-1), 0.0)
+    hi = np.maximum(blocks.max(axis=-1), 0.0)
+    scale = (hi - lo) / levels
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    zero = np.clip(np.round(-lo / scale), 0, levels).astype(np.uint8)
+    q = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
+    if bits == 4:
+        packed = q[..., 0::2] | (q[..., 1::2] << 4)
+        zp = zero if zero.shape[1] % 2 == 0 else np.pad(zero, ((0, 0), (0, 1)))
+        zero_points = (zp[:, 0::2] | (zp[:, 1::2] << 4)).reshape(-1)
+    else:
+        packed, zero_points = q, zero.reshape(-1)
+    return np.ascontiguousarray(packed), scale.reshape(-1), np.ascontiguousarray(zero_points)
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self, quant: str) -> None:
+        self.quant = quant
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def const(self, stem: str, array: np.ndarray) -> str:
+        name = self.name(stem)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        domain = attrs.pop("domain", "")
+        outputs = attrs.pop("outputs", None) or [self.name(op_type) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, domain=domain, **attrs))
+        return outputs
+
+    def linear(
+        self,
+        x: str,
+        weight: np.ndarray,
+        stem: str,
+        bias: np.ndarray | None = None,
+        *,
+        min_bits: int = 4,
+    ) -> str:
+        """x @ weight.T (+ bias), weight [N, K] as stored in GGUF."""
+        n, k = weight.shape
+        if self.quant == "fp32":
+            (y,) = self.op("MatMul", [x, self.const(stem, np.ascontiguousarray(weight.T))])
+            if bias is not None:
+                (y,) = self.op("Add", [y, self.const(stem + "_bias", bias.astype(np.float32))])
+            return y
+        bits = max(4 if self.quant == "int4" else 8, min_bits)
+        packed, scales, zero_points = quantize_blockwise(weight, bits)
+        inputs = [
+            x,
+            self.const(stem + "_q", packed),
+            self.const(stem + "_scales", scales),
+            self.const(stem + "_zp", zero_points),
+        ]
+        if bias is not None:
+            inputs += ["", self.const(stem + "_bias", bias.astype(np.float32))]
+        (y,) = self.op(
+            "MatMulNBits",
+            inputs,
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=bits,
+            block_size=BLOCK_SIZE,
+            accuracy_level=ACCURACY_LEVEL,
+        )
+        return y
+
+
+def _rope_tables(
+    p: Hyperparameters, rope_freqs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    inv_freq = 1.0 / (p.rope_base ** (np.arange(0, p.rope_dim, 2, dtype=np.float64) / p.rope_dim))
+    if rope_freqs is not None:  # Llama 3.x long-context scaling, stored as per-frequency divisors
+        inv_freq = inv_freq / rope_freqs.astype(np.float64).reshape(-1)
+    positions = np.arange(p.context_length, dtype=np.float64) / p.rope_linear_factor
+    angles = np.outer(positions, inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _build_graph(
+    p: Hyperparameters,
+    load: Callable[[str], np.ndarray],
+    tensors: dict[str, Any],
+    quant: str,
+) -> onnx.ModelProto:
+    g = _Graph(quant)
+    kv_dim = p.n_kv_heads * p.head_dim
+    q_dim = p.n_heads * p.head_dim
+    permuted = p.architecture == "llama"  # llama.cpp permutes Q/K rows of llama models only
+
+    def bias(name: str) -> np.ndarray | None:
+        return load(name) if name in tensors else None
+
+    embedding = load("token_embd.weight")
+    table = embedding if quant == "fp32" else embedding.astype(np.float16)
+    (x,) = g.op("Gather", [g.const("embed_tokens", table), "input_ids"])
+    if table.dtype != np.float32:
+        (x,) = g.op("Cast", [x], to=TensorProto.FLOAT)
+    rope_freqs = load("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
+    cos, sin = _rope_tables(p, rope_freqs)
+    cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
+    (mask,) = g.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
+    # onnxruntime wants the mask as [batch, 1, query, total], not broadcast over the query axis.
+    (mask,) = g.op("Unsqueeze", [mask, g.const("axes", np.array([1, 2], dtype=np.int64))])
+    (query_len,) = g.op("Shape", ["input_ids"], start=1, end=2)
+    one = g.const("one", np.array([1], dtype=np.int64))
+    (mask_shape,) = g.op("Concat", [one, one, query_len, one], axis=0)
+    (mask,) = g.op("Expand", [mask, mask_shape])
+
+    for i in range(p.n_layers):
+        blk = f"blk.{i}"
+        (h,) = g.op(
+            "RMSNormalization",
+            [x, g.const(f"{blk}.attn_norm", load(f"{blk}.attn_norm.weight"))],
+            epsilon=p.rms_eps,
+            axis=-1,
+        )
+        wq, wk = load(f"{blk}.attn_q.weight"), load(f"{blk}.attn_k.weight")
+        if permuted:
+            wq, wk = _unpermute(wq, p.n_heads), _unpermute(wk, p.n_kv_heads)
+        wqkv = np.concatenate([wq, wk, load(f"{blk}.attn_v.weight")], axis=0)
+        biases = [bias(f"{blk}.attn_{n}.bias") for n in "qkv"]
+        bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
+        qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv)
+        q, k, v = g.op(
+            "Split",
+            [qkv, g.const("split", np.array([q_dim, kv_dim, kv_dim], dtype=np.int64))],
+            n_out=3,
+            axis=-1,
+        )
+        rotary = {"interleaved": 0, "rotary_embedding_dim": p.rope_dim}
+        (q,) = g.op(
+            "RotaryEmbedding",
+            [q, cos_name, sin_name, "position_ids"],
+            num_heads=p.n_heads,
+            **rotary,
+        )
+        (k,) = g.op(
+            "RotaryEmbedding",
+            [k, cos_name, sin_name, "position_ids"],
+            num_heads=p.n_kv_heads,
+            **rotary,
+        )
+        attn, _, _ = g.op(
+            "Attention",
+            [q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+            outputs=[g.name("attn"), f"present.{i}.key", f"present.{i}.value"],
+            q_num_heads=p.n_heads,
+            kv_num_heads=p.n_kv_heads,
+            is_causal=1,
+            scale=1.0 / math.sqrt(p.head_dim),
+        )
+        o = g.linear(attn, load(f"{blk}.attn_output.weight"), f"{blk}.attn_output")
+        (x,) = g.op("Add", [x, o])
+        (h,) = g.op(
+            "RMSNormalization",
+            [x, g.const(f"{blk}.ffn_norm", load(f"{blk}.ffn_norm.weight"))],
+            epsilon=p.rms_eps,
+            axis=-1,
+        )
+        gate_up = np.concatenate([load(f"{blk}.ffn_gate.weight"), load(f"{blk}.ffn_up.weight")])
+        gu = g.linear(h, gate_up, f"{blk}.ffn_gate_up")
+        gate, up = g.op(
+            "Split",
+            [gu, g.const("split", np.array([p.intermediate, p.intermediate], dtype=np.int64))],
+            n_out=2,
+            axis=-1,
+        )
+        (act,) = g.op("Sigmoid", [gate])
+        (act,) = g.op("Mul", [gate, act])
+        (act,) = g.op("Mul", [act, up])
+        d = g.linear(act, load(f"{blk}.ffn_down.weight"), f"{blk}.ffn_down")
+        (x,) = g.op("Add", [x, d])
+
+    (x,) = g.op(
+        "Slice",
+        [
+            x,
+            g.const("start", np.array([-1], dtype=np.int64)),
+            g.const("end", np.array([np.iinfo(np.int64).max], dtype=np.int64)),
+            g.const("axis", np.array([1], dtype=np.int64)),
+        ],
+    )
+    (x,) = g.op(
+        "RMSNormalization",
+        [x, g.const("output_norm", load("output_norm.weight"))],
+        epsilon=p.rms_eps,
+        axis=-1,
+    )
+    head = load("output.weight") if "output.weight" in tensors else embedding  # tied embeddings
+    # The vocabulary projection of a small model does not survive 4 bits (llama.cpp keeps it at 8).
+    logits = g.linear(x, head, "lm_head", min_bits=8)
+    g.op("Identity", [logits], outputs=["logits"])
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = [
+        helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_sequence"]),
+        helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", 1, p.vocab_size])]
+    for i in range(p.n_layers):
+        for kind in ("key", "value"):
+            inputs.append(
+                helper.make_tensor_value_info(
+                    f"past_key_values.{i}.{kind}", f32, ["batch", p.n_kv_heads, "past", p.head_dim]
+                )
+            )
+            outputs.append(
+                helper.make_tensor_value_info(
+                    f"present.{i}.{kind}", f32, ["batch", p.n_kv_heads, "total", p.head_dim]
+                )
+            )
+    graph = helper.make_graph(g.nodes, "locus_decoder", inputs, outputs, g.initializers)
+    opsets = [helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="locus_llm")
+    model.ir_version = 10
+    return model
