@@ -69,7 +69,8 @@ def classify_failure(exc: BaseException, *, allow_content_filter_failover: bool 
     kind = type(exc).__name__
     status = getattr(exc, "status_code", None)
     message = str(exc).splitlines()[0][:500] if str(exc) else kind
-    if kind == "ContentPolicyViolationError":
+    if kind == "ContentPolicyViolationError" or (status == 400 and _is_refusal(str(exc))):
+        kind = "ContentPolicyViolationError"
         action = Action.FAILOVER if allow_content_filter_failover else Action.STOP
         return Failure(action, None, kind, status, message)
     if kind == "ContextWindowExceededError":
@@ -85,6 +86,13 @@ def classify_failure(exc: BaseException, *, allow_content_filter_failover: bool 
     # Timeouts: a silent locus is failed over rather than retried.
     # Auth, not found, bad request (e.g. a fallback rejecting a prefill) and anything else: next locus.
     return Failure(Action.FAILOVER, None, kind, status, message)
+
+
+def _is_refusal(text: str) -> bool:
+    """Providers that LiteLLM does not map still say so in their error code or message."""
+    text = text.lower()
+    return any(marker in text for marker in ("content_policy", "content_filter",
+                                             "content management policy", "safety system"))
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:

@@ -4,7 +4,7 @@ package locus.routing
 
 import rego.v1
 
-settings := data.locus
+settings := data.routing_settings
 
 rank(class) := settings.class_rank[class]
 

@@ -9,6 +9,7 @@ celine-regorus turns Python bools into numbers through set_input(dict)).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,12 +49,30 @@ class PolicyDecision:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, compiled bundle. Immutable: reload swaps the whole object."""
+    """A loaded, validated bundle as sources. Immutable: reload swaps the whole object.
 
-    engine: regorus.Engine
+    It holds no regorus Engine: engines are "unsendable" (bound to the thread that made them,
+    and panicking if dropped on another), so each thread compiles its own from these sources.
+    """
+
+    modules: tuple[tuple[str, str], ...]  # (path, Rego source)
+    data_json: str
     revision: str
     fingerprint: tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size): cheap change check
     files: tuple[str, ...]
+
+    def compile(self) -> regorus.Engine:
+        engine = regorus.Engine()
+        for path, text in self.modules:
+            try:
+                engine.add_policy(path, text)
+            except Exception as exc:  # regorus raises RuntimeError with a rendered location
+                raise PolicyError(f"policy error in {_regorus_message(exc)}") from None
+        try:
+            engine.add_data_json(self.data_json)
+        except Exception as exc:
+            raise PolicyError(f"policy data: {_regorus_message(exc)}") from None
+        return engine
 
 
 def bundle_files(folder: Path, *, tests: bool = False) -> list[Path]:
@@ -80,28 +99,21 @@ def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
 
 def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
                 tests: bool = False) -> Bundle:
-    """Compile the bundle, or raise PolicyError naming file:line."""
+    """Read and compile the bundle once to validate it, or raise PolicyError naming file:line."""
     folder = Path(folder)
     printed = fingerprint(folder)
     files = bundle_files(folder, tests=tests)
-    engine = regorus.Engine()
-    digest = hashlib.sha256()
-    for path in files:
-        text = _read(path)
-        digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
-        try:
-            engine.add_policy(str(path), text)
-        except Exception as exc:  # regorus raises RuntimeError with a rendered location
-            raise PolicyError(f"policy error in {_regorus_message(exc)}") from None
-    data = _read_data(folder / "data.json")
-    data = deep_merge(data, data_overrides or {})
+    modules = tuple((str(path), _read(path)) for path in files)
+    data = deep_merge(_read_data(folder / "data.json"), data_overrides or {})
     data_json = json.dumps(data, sort_keys=True)
+    digest = hashlib.sha256()
+    for path, text in modules:
+        digest.update(Path(path).name.encode() + b"\0" + text.encode() + b"\0")
     digest.update(b"data\0" + data_json.encode())
-    try:
-        engine.add_data_json(data_json)
-    except Exception as exc:
-        raise PolicyError(f"{folder / 'data.json'}: {_regorus_message(exc)}") from None
-    return Bundle(engine, digest.hexdigest()[:16], printed, tuple(p.name for p in files))
+    bundle = Bundle(modules, data_json, digest.hexdigest()[:16], printed,
+                    tuple(p.name for p in files))
+    bundle.compile()  # validation: the engine itself is dropped here, on this thread
+    return bundle
 
 
 class PolicyEngine:
@@ -145,8 +157,7 @@ class PolicyEngine:
                               self._bundle.revision, exc)
                 self.last_reload_error = str(exc)
                 # remember the broken fingerprint so we do not recompile it on every call
-                self._bundle = Bundle(self._bundle.engine, self._bundle.revision, current,
-                                      self._bundle.files)
+                self._bundle = dataclasses.replace(self._bundle, fingerprint=current)
                 return
             self.last_reload_error = None
             log.info("policy reloaded: revision %s -> %s", self._bundle.revision, bundle.revision)
@@ -173,11 +184,11 @@ class PolicyEngine:
         return value
 
     def _thread_engine(self, bundle: Bundle) -> regorus.Engine:
-        # An engine holds its input between set and eval, so each thread gets its own clone.
+        # An engine holds its input between set and eval and is bound to its thread: one per
+        # thread, recompiled when the revision changes.
         local = self._local
-        if getattr(local, "revision", None) != bundle.revision or local.bundle is not bundle:
-            local.engine = bundle.engine.clone()
-            local.revision = bundle.revision
+        if getattr(local, "bundle", None) is not bundle:
+            local.engine = bundle.compile()
             local.bundle = bundle
         return local.engine
 

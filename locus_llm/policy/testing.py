@@ -38,7 +38,7 @@ def run_tests(folder: Path) -> list[TestResult]:
     bundle = load_bundle(folder, tests=True)
     results = []
     for file, package, name in discover(folder):
-        engine = bundle.engine.clone()
+        engine = bundle.compile()
         engine.set_input_json("{}")
         try:
             value = engine.eval_rule_as_json(f"data.{package}.{name}")
