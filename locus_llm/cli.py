@@ -167,7 +167,7 @@ def render_decision(data: dict[str, Any]) -> str:
             why = "" if score is None or score["meets_floor"] else "below capability floor"
             if name in data["plan"] and name != data["locus"]:
                 why = f"fallback {data['plan'].index(name)}" + (f", {why}" if why else "")
-        zone = score["zone"] if score else ""
+        zone = data["zones"].get(name, "")
         cap = f"{score['capability']}" if score else ""
         latency = f"{score['predicted_latency_ms']:.0f}" if score else ""
         cost = f"{score['predicted_cost_usd']:.6f}" if score else ""

@@ -61,6 +61,7 @@ class Decision:
             "capability_floor": self.policy.capability_floor,
             "below_floor": self.plan.below_floor,
             "scores": {name: s.to_dict() for name, s in self.plan.scores.items()},
+            "zones": {name: view["zone"] for name, view in self.loci.items()},
             "profile": self.profile.to_dict(),
             "policy_revision": self.policy.revision,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
