@@ -11,6 +11,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from locus_llm.analysis import Analyzer  # noqa: E402
 from locus_llm.config import LocusConfig, config_from_dict  # noqa: E402
 from locus_llm.router import Router  # noqa: E402
 from tests.fault_server import FaultServer  # noqa: E402
@@ -52,9 +53,15 @@ def locus_spec(name: str, zone: str, server: FaultServer, **overrides: Any) -> d
     return spec
 
 
+@pytest.fixture(scope="session")
+def analyzer() -> Analyzer:
+    """One real analyzer (classifier + presidio) for the session: loading it is the slow part."""
+    return Analyzer()
+
+
 @pytest.fixture
-def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch,
-                tmp_path: Path) -> Callable[..., Router]:
+def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                analyzer: Analyzer) -> Callable[..., Router]:
     """Build a Router over loci on the loopback server: make_router(["edge:onprem", ...])."""
     monkeypatch.setenv(KEY_ENV, "sk-test-loopback")
 
@@ -67,7 +74,7 @@ def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch,
             else:
                 specs.append(item)
         data = {"loci": specs, "decision_log": str(tmp_path / "decisions.jsonl"), **config}
-        return Router(config_from_dict(data))
+        return Router(config_from_dict(data), analyzer=analyzer)
 
     return build
 
