@@ -171,7 +171,7 @@ def test_forcing_a_denied_locus_is_refused(make_router, server: FaultServer):
     [{"role": "wizard", "content": "hi"}],
     [{"role": "user", "content": 42}],
     [{"role": "user"}],
-    "not a list at all".encode(),
+    b"not a list at all",
     [["user", "hi"]],
 ])
 def test_bad_messages_are_refused_before_anything_is_sent(make_router, server, messages):
