@@ -79,6 +79,7 @@ class LocusConfig(BaseModel):
     sensitivity: dict[str, Any] = Field(default_factory=dict)  # see analysis.sensitivity
     objective: Literal["cost", "latency"] = "cost"  # after the floor and the budget: what to minimise
     decision_log: Path | None = None
+    profiles: Path | None = None  # a `locus bench` profile file: measured numbers to start from
     allow_failover_on_content_filter: bool = False  # never shop a refused request around by default
     local_models: list[str] = Field(default_factory=list)  # names for the locus-onnx provider
 
@@ -194,6 +195,8 @@ def apply_env_overrides(config: LocusConfig) -> LocusConfig:
         config.policy.bundle = Path(bundle)
     if log := os.environ.get("LOCUS_DECISION_LOG"):
         config.decision_log = Path(log)
+    if profiles := os.environ.get("LOCUS_PROFILES"):
+        config.profiles = Path(profiles)
     return config
 
 
@@ -202,6 +205,8 @@ def _rebase_paths(config: LocusConfig, base_dir: Path) -> LocusConfig:
         config.policy.bundle = base_dir / config.policy.bundle
     if config.decision_log is not None and not config.decision_log.is_absolute():
         config.decision_log = base_dir / config.decision_log
+    if config.profiles is not None and not config.profiles.is_absolute():
+        config.profiles = base_dir / config.profiles
     classifier = config.analysis.classifier
     if classifier is not None and not classifier.is_absolute():
         config.analysis.classifier = base_dir / classifier

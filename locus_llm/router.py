@@ -80,6 +80,8 @@ class Router:
         self.policy = PolicyEngine(self.config.policy.bundle, self.config.policy.data,
                                    reload=self.config.policy.reload)
         self.stats = stats or Stats()
+        if stats is None and self.config.profiles is not None:
+            self.stats.load_profiles(self.config.profiles)
         self.log = DecisionLog(self.config.decision_log)
         self._loci = {locus.name: locus for locus in self.config.loci}
         self._uses_local = any(lo.model.startswith(LOCAL_PROVIDER) for lo in self.config.loci)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from locus_llm.errors import ConfigError
+
 DEFAULT_TTFT_MS = {"device": 150.0, "onprem": 300.0, "cloud": 600.0}
 DEFAULT_TOKENS_PER_S = {"device": 60.0, "onprem": 60.0, "cloud": 80.0}
 
@@ -103,7 +105,12 @@ class Stats:
 
     def load_profiles(self, path: Path) -> None:
         """Seed the averages from a `locus bench` profile file: {locus: {p50_ttft_ms, tokens_per_s}}."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read locus profiles: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: locus profiles must be a JSON object")
         with self._lock:
             for name, entry in data.get("loci", data).items():
                 s = self._stats.setdefault(name, LocusStats())
