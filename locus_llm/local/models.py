@@ -57,6 +57,15 @@ def prepare_default(quant: str = "int4") -> Path:
     return _convert(default_gguf(), DEFAULT_MODEL, quant)
 
 
+def is_prepared(quant: str = "int4") -> bool:
+    """Whether the default model is converted, at `quant`, from the installed GGUF file."""
+    try:
+        source = default_gguf()
+    except ModelNotFound:
+        return False
+    return _up_to_date(cache_dir() / DEFAULT_MODEL, source, quant)
+
+
 def add_gguf(path: str | os.PathLike[str], name: str | None = None, quant: str = "int4") -> Path:
     """Convert a GGUF file into the cache as `name` (default: from the file name)."""
     source = Path(path).expanduser()

@@ -100,9 +100,16 @@ def _stream(
     optional_params: dict[str, Any],
     cancel: threading.Event,
 ) -> Iterator[Delta]:
+    import litellm
+
     from locus_llm.local.models import load
 
-    return load(model).stream_chat(messages, cancel=cancel, **generation_options(optional_params))
+    chat_model = load(model)
+    # A model added after register() still gets its (zero or configured) price.
+    if f"{PROVIDER}/{model}" not in litellm.model_cost:
+        with _REGISTER_LOCK:
+            _register_cost(litellm, model, *_costs.get(model, (0.0, 0.0)))
+    return chat_model.stream_chat(messages, cancel=cancel, **generation_options(optional_params))
 
 
 def _make_handler(litellm: Any) -> Any:

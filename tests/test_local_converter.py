@@ -1,0 +1,155 @@
+"""The GGUF → ONNX converter against transformers, on a tiny random Llama built in the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from locus_llm.local.converter import ConversionError, convert_gguf, quantize_blockwise
+from locus_llm.local.runtime import OnnxChatModel, render_chat
+from tests.conftest_local import CHAT_TEMPLATE, TinyLlama, build_tiny_llama
+
+pytest_plugins = ["tests.conftest_local"]  # the tiny-model and cache fixtures
+
+PROMPT = "The capital of France"
+
+
+def hf_greedy(tiny: TinyLlama, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = tiny.hf_model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def test_greedy_32_tokens_match_transformers(
+    tiny_llama: TinyLlama, tiny_model: OnnxChatModel
+) -> None:
+    ids = tiny_llama.tokenizer.encode(PROMPT).ids
+    expected = hf_greedy(tiny_llama, ids, 32)
+    text = "".join(d.text for d in tiny_model.stream_tokens(ids, max_tokens=32))
+    assert text == tiny_model.tokenizer.decode(expected)
+    # The same 32 ids, read back through the cache one token at a time.
+    logits = list(tiny_model.next_token_logits(ids + expected))
+    assert [int(np.argmax(x)) for x in logits[len(ids) - 1 : -1]] == expected
+
+
+def test_logits_match_transformers_at_every_position(
+    tiny_llama: TinyLlama, tiny_model: OnnxChatModel
+) -> None:
+    import torch
+
+    ids = tiny_llama.tokenizer.encode(PROMPT + " is Paris, and Rome is in Italy.").ids
+    ours = np.stack(list(tiny_model.next_token_logits(ids)))
+    with torch.no_grad():
+        reference = tiny_llama.hf_model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_prefill_and_single_token_steps_agree(
+    tiny_llama: TinyLlama, tiny_model: OnnxChatModel
+) -> None:
+    ids = tiny_llama.tokenizer.encode(PROMPT + " is").ids
+    prefill, _ = tiny_model._step(ids, 0, tiny_model._empty_cache())
+    *_, stepwise = tiny_model.next_token_logits(ids)
+    np.testing.assert_allclose(prefill, stepwise, atol=1e-4)
+
+
+def test_tied_embeddings_and_quantised_gguf_tensors(tmp_path: Path) -> None:
+    tiny = build_tiny_llama(tmp_path / "tied-q8.gguf", tied=True, quantized=True)
+    convert_gguf(tiny.gguf_path, tmp_path / "onnx", quant="fp32")
+    model = OnnxChatModel(tmp_path / "onnx", threads=1)
+    ids = tiny.tokenizer.encode(PROMPT).ids
+    expected = hf_greedy(tiny, ids, 32)
+    text = "".join(d.text for d in model.stream_tokens(ids, max_tokens=32))
+    assert text == model.tokenizer.decode(expected)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantised_conversions_stay_close_to_fp32(
+    quant: str, tiny_llama: TinyLlama, tiny_model: OnnxChatModel, tmp_path: Path
+) -> None:
+    manifest = convert_gguf(tiny_llama.gguf_path, tmp_path, quant=quant)
+    assert manifest["quant"] == quant
+    quantised = OnnxChatModel(tmp_path, threads=1)
+    ids = tiny_llama.tokenizer.encode(PROMPT + " is Paris").ids
+    ours = np.stack(list(quantised.next_token_logits(ids)))
+    exact = np.stack(list(tiny_model.next_token_logits(ids)))
+    correlation = np.corrcoef(ours.ravel(), exact.ravel())[0, 1]
+    # Random weights are the worst case for 4 bits; a layout error would give ~0.
+    assert correlation > (0.999 if quant == "int8" else 0.9)
+    fp32_size = (tiny_model.folder / "model.onnx.data").stat().st_size
+    assert (tmp_path / "model.onnx.data").stat().st_size < fp32_size
+
+
+def test_blockwise_quantisation_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 64)).astype(np.float32)
+    packed, scales, zero_points = quantize_blockwise(weight, 8)
+    restored = (packed.astype(np.float32) - zero_points.reshape(8, 2, 1)) * scales.reshape(8, 2, 1)
+    step = scales.max()
+    assert np.abs(restored.reshape(8, 64) - weight).max() <= step / 2 + 1e-6
+
+
+def test_tokenizer_json_matches_the_original_and_loads_in_transformers(
+    tiny_llama: TinyLlama, tiny_onnx_dir: Path
+) -> None:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    ours = Tokenizer.from_file(str(tiny_onnx_dir / "tokenizer.json"))
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tiny_onnx_dir / "tokenizer.json"))
+    for text in ["Bonjour, ça va? 東京 🙂", "def add(a, b):\n    return a + b", "1234 <|im_end|>"]:
+        expected = tiny_llama.tokenizer.encode(text).ids
+        assert ours.encode(text, add_special_tokens=False).ids == expected
+        assert fast(text, add_special_tokens=False)["input_ids"] == expected
+        assert ours.decode(expected, skip_special_tokens=False) == text
+
+
+def test_chat_template_renders_like_transformers(tiny_onnx_dir: Path) -> None:
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    config = json.loads((tiny_onnx_dir / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == CHAT_TEMPLATE
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tiny_onnx_dir / "tokenizer.json"))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+    ]
+    plain = [messages[0], {"role": "user", "content": "Capital of France?"}]
+    expected = fast.apply_chat_template(
+        plain, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
+    assert render_chat(config["chat_template"], messages) == expected
+
+
+def test_unsupported_or_broken_files_raise_clear_errors(tmp_path: Path) -> None:
+    import gguf
+
+    with pytest.raises(ConversionError, match="no such GGUF file"):
+        convert_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ConversionError, match="not a readable GGUF"):
+        convert_gguf(bad, tmp_path / "out")
+    other = tmp_path / "gpt2.gguf"
+    writer = gguf.GGUFWriter(str(other), "gpt2")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConversionError, match="unsupported architecture 'gpt2'"):
+        convert_gguf(other, tmp_path / "out")
+    with pytest.raises(ConversionError, match="unknown quantisation"):
+        convert_gguf(other, tmp_path / "out", quant="int3")
