@@ -56,8 +56,15 @@ from locus_llm.config import LocusConfig, config_from_dict
 from locus_llm.router import Router
 
 # Fields of the routing context (locus_llm.profile.RoutingContext) a caller may set per call.
-ROUTING_FIELDS = ("tenant", "user", "app", "interactive", "latency_budget_ms", "max_cost_usd",
-                  "data_label")
+ROUTING_FIELDS = (
+    "tenant",
+    "user",
+    "app",
+    "interactive",
+    "latency_budget_ms",
+    "max_cost_usd",
+    "data_label",
+)
 # Keyword arguments that steer routing rather than generation.
 PIN_KEYS = ("locus", "model")
 
@@ -79,8 +86,9 @@ def build_router(config: str | Path | LocusConfig | dict[str, Any] | None) -> Ro
     return shared_router(str(Path(config).expanduser().resolve()))
 
 
-def routing_context(defaults: dict[str, Any], metadata: dict[str, Any] | None,
-                    kwargs: dict[str, Any]) -> dict[str, Any]:
+def routing_context(
+    defaults: dict[str, Any], metadata: dict[str, Any] | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """Model defaults < run metadata (`config={"metadata": ...}`) < `context=` < keywords.
 
     Only the routing fields are read from metadata: LangChain and LangGraph put other keys there.
@@ -109,8 +117,10 @@ def format_tool_choice(choice: Any) -> Any:
         return {"type": "function", "function": {"name": choice}}
     if isinstance(choice, dict):
         return choice
-    raise ValueError(f"tool_choice {choice!r}: expected 'auto', 'any', 'none', a tool name or a "
-                     "dict in OpenAI format")
+    raise ValueError(
+        f"tool_choice {choice!r}: expected 'auto', 'any', 'none', a tool name or a "
+        "dict in OpenAI format"
+    )
 
 
 def usage_metadata(usage: Any) -> UsageMetadata | None:
@@ -119,8 +129,11 @@ def usage_metadata(usage: Any) -> UsageMetadata | None:
     get = usage.get if isinstance(usage, dict) else lambda k, d=None: getattr(usage, k, d)
     prompt = int(get("prompt_tokens", 0) or 0)
     completion = int(get("completion_tokens", 0) or 0)
-    return UsageMetadata(input_tokens=prompt, output_tokens=completion,
-                         total_tokens=int(get("total_tokens", 0) or prompt + completion))
+    return UsageMetadata(
+        input_tokens=prompt,
+        output_tokens=completion,
+        total_tokens=int(get("total_tokens", 0) or prompt + completion),
+    )
 
 
 def parse_tool_calls(raw_calls: Any) -> tuple[list[ToolCall], list[InvalidToolCall]]:
@@ -133,8 +146,14 @@ def parse_tool_calls(raw_calls: Any) -> tuple[list[ToolCall], list[InvalidToolCa
             if not isinstance(args, dict):
                 raise ValueError("arguments are not a JSON object")
         except ValueError as exc:
-            invalid.append(invalid_tool_call(name=function.name, args=function.arguments,
-                                             id=raw.id, error=f"{type(exc).__name__}: {exc}"))
+            invalid.append(
+                invalid_tool_call(
+                    name=function.name,
+                    args=function.arguments,
+                    id=raw.id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
             continue
         calls.append(tool_call(name=function.name, args=args, id=raw.id))
     return calls, invalid
@@ -157,12 +176,19 @@ def to_chat_result(response: Any) -> ChatResult:
         tool_calls=calls,
         invalid_tool_calls=invalid,
         usage_metadata=usage_metadata(getattr(response, "usage", None)),
-        response_metadata={"finish_reason": choice.finish_reason,
-                           **decision_metadata(getattr(response, "locus", None))},
+        response_metadata={
+            "finish_reason": choice.finish_reason,
+            **decision_metadata(getattr(response, "locus", None)),
+        },
         id=response.id,
     )
-    return ChatResult(generations=[ChatGeneration(
-        message=ai_message, generation_info={"finish_reason": choice.finish_reason})])
+    return ChatResult(
+        generations=[
+            ChatGeneration(
+                message=ai_message, generation_info={"finish_reason": choice.finish_reason}
+            )
+        ]
+    )
 
 
 def to_message_chunk(chunk: Any) -> tuple[AIMessageChunk | None, str | None]:
@@ -177,20 +203,29 @@ def to_message_chunk(chunk: Any) -> tuple[AIMessageChunk | None, str | None]:
     chunks: list[ToolCallChunk] = []
     for raw in getattr(delta, "tool_calls", None) or []:
         function = raw.function
-        chunks.append(tool_call_chunk(name=getattr(function, "name", None),
-                                      args=getattr(function, "arguments", None),
-                                      id=raw.id, index=raw.index))
+        chunks.append(
+            tool_call_chunk(
+                name=getattr(function, "name", None),
+                args=getattr(function, "arguments", None),
+                id=raw.id,
+                index=raw.index,
+            )
+        )
     if not content and not chunks:
         return None, choice.finish_reason
     return AIMessageChunk(content=content, tool_call_chunks=chunks), choice.finish_reason
 
 
-def last_chunk(usage: Any, finish_reason: str | None,
-               info: dict[str, Any] | None) -> ChatGenerationChunk:
+def last_chunk(
+    usage: Any, finish_reason: str | None, info: dict[str, Any] | None
+) -> ChatGenerationChunk:
     """The closing chunk: usage, finish reason and the decision, known only once a stream ends."""
     message = AIMessageChunk(
-        content="", usage_metadata=usage_metadata(usage), chunk_position="last",
-        response_metadata={"finish_reason": finish_reason, **decision_metadata(info)})
+        content="",
+        usage_metadata=usage_metadata(usage),
+        chunk_position="last",
+        response_metadata={"finish_reason": finish_reason, **decision_metadata(info)},
+    )
     return ChatGenerationChunk(message=message, generation_info={"finish_reason": finish_reason})
 
 
@@ -211,7 +246,8 @@ class ChatLocus(BaseChatModel):
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
     config: str | Path | LocusConfig | dict[str, Any] | None = Field(
-        default_factory=from_env("LOCUS_CONFIG", default=None))
+        default_factory=from_env("LOCUS_CONFIG", default=None)
+    )
     """Config file path, LocusConfig or dict; default: `LOCUS_CONFIG`, else on-device only."""
     router: Router | None = Field(default=None, exclude=True)
     """A ready Router; takes precedence over `config`."""
@@ -257,14 +293,20 @@ class ChatLocus(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         config = self.config if isinstance(self.config, str | Path) else None
-        return {"config": str(config) if config else None, "model": self.model,
-                "temperature": self.temperature, "max_tokens": self.max_tokens,
-                **self._routing_defaults()}
+        return {
+            "config": str(config) if config else None,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **self._routing_defaults(),
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "locus"
-        params["ls_model_name"] = kwargs.get("model") or kwargs.get("locus") or self.model or "router"
+        params["ls_model_name"] = (
+            kwargs.get("model") or kwargs.get("locus") or self.model or "router"
+        )
         if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
             params["ls_max_tokens"] = max_tokens
         if stop := stop or self.stop:
@@ -273,21 +315,33 @@ class ChatLocus(BaseChatModel):
 
     # --- the calls -----------------------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         request = self._request(messages, stop, run_manager, kwargs)
         return to_chat_result(self._routed().completion(**request))
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         request = self._request(messages, stop, run_manager, kwargs)
         return to_chat_result(await self._routed().acompletion(**request))
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, run_manager, kwargs, stream=True)
         stream = self._routed().completion(**request)
         usage, finish_reason = None, None
@@ -303,9 +357,13 @@ class ChatLocus(BaseChatModel):
             yield generation
         yield last_chunk(usage, finish_reason, stream.locus)
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, run_manager, kwargs, stream=True)
         stream = await self._routed().acompletion(**request)
         usage, finish_reason = None, None
@@ -323,10 +381,15 @@ class ChatLocus(BaseChatModel):
 
     # --- tools and structured output --------------------------------------------------------
 
-    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
-                   tool_choice: dict | str | bool | None = None, strict: bool | None = None,
-                   parallel_tool_calls: bool | None = None,
-                   **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         """Offer tools in OpenAI format. tool_choice: "auto", "any"/"required", "none", a tool
         name, or an OpenAI dict."""
         formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
@@ -337,9 +400,13 @@ class ChatLocus(BaseChatModel):
         return super().bind(tools=formatted, **kwargs)
 
     def with_structured_output(
-        self, schema: dict[str, Any] | type, *,
+        self,
+        schema: dict[str, Any] | type,
+        *,
         method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
-        include_raw: bool = False, strict: bool | None = None, **kwargs: Any,
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
         """Answers shaped by `schema` (pydantic class, TypedDict or JSON schema), by forcing a
         tool call ("function_calling"), by `response_format` json_schema, or by JSON mode."""
@@ -350,31 +417,46 @@ class ChatLocus(BaseChatModel):
         parser: OutputParserLike
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, strict=strict,
-                                  ls_structured_output_format=trace)
-            parser = (PydanticToolsParser(tools=[schema], first_tool_only=True) if pydantic
-                      else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
+            llm = self.bind_tools(
+                [schema], tool_choice=name, strict=strict, ls_structured_output_format=trace
+            )
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
         elif method in ("json_schema", "json_mode"):
             if method == "json_schema":
                 json_schema = convert_to_json_schema(schema)
-                response_format: dict[str, Any] = {"type": "json_schema", "json_schema": {
-                    "name": json_schema.get("title", "output"), "schema": json_schema,
-                    **({"strict": strict} if strict is not None else {})}}
+                response_format: dict[str, Any] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": json_schema.get("title", "output"),
+                        "schema": json_schema,
+                        **({"strict": strict} if strict is not None else {}),
+                    },
+                }
             else:
                 response_format = {"type": "json_object"}
             llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
-            parser = (PydanticOutputParser(pydantic_object=schema) if pydantic  # type: ignore[arg-type]
-                      else JsonOutputParser())
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)
+                if pydantic  # type: ignore[arg-type]
+                else JsonOutputParser()
+            )
         else:
-            raise ValueError(f"method {method!r}: expected 'function_calling', 'json_schema' or "
-                             "'json_mode'")
+            raise ValueError(
+                f"method {method!r}: expected 'function_calling', 'json_schema' or 'json_mode'"
+            )
         if not include_raw:
             return llm | parser
-        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser,
-                                            parsing_error=lambda _: None)
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
         unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed],
-                                                            exception_key="parsing_error")
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [unparsed], exception_key="parsing_error"
+        )
 
     # --- translation to the router ----------------------------------------------------------
 
@@ -385,9 +467,15 @@ class ChatLocus(BaseChatModel):
     def _routing_defaults(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in ROUTING_FIELDS}
 
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None,
-                 run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-                 kwargs: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
+    def _request(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool = False,
+    ) -> dict[str, Any]:
         """The router call for these messages: context, locus pin and LiteLLM parameters."""
         kwargs = dict(kwargs)
         metadata = run_manager.metadata if run_manager is not None else None
@@ -395,17 +483,24 @@ class ChatLocus(BaseChatModel):
         pin = kwargs.pop("locus", None) or kwargs.pop("model", None) or self.model
         kwargs.pop("model", None)
         params: dict[str, Any] = {
-            "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
-            "seed": self.seed, **self.model_kwargs, **kwargs,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            **self.model_kwargs,
+            **kwargs,
         }
         if stop := stop or self.stop:
             params["stop"] = stop
         if stream:
             params["stream"] = True
             params["stream_options"] = {"include_usage": self.stream_usage}
-        return {"messages": to_openai_messages(messages), "context": context,
-                "locus": self._locus_name(pin),
-                **{k: v for k, v in params.items() if v is not None}}
+        return {
+            "messages": to_openai_messages(messages),
+            "context": context,
+            "locus": self._locus_name(pin),
+            **{k: v for k, v in params.items() if v is not None},
+        }
 
     def _locus_name(self, pin: str | None) -> str | None:
         """A pin may name a locus or its LiteLLM model string; unknown pins reach the router,

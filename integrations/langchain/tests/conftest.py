@@ -29,13 +29,16 @@ def endpoint() -> Iterator[tuple[str, ScriptedEndpoint]]:
 def locus(name: str, zone: str, base_url: str, **overrides: Any) -> dict[str, Any]:
     """A locus on the scripted endpoint; the model string names the locus, as vLLM's would."""
     spec: dict[str, Any] = {
-        "name": name, "zone": zone, "model": f"hosted_vllm/scripted-{name}",
+        "name": name,
+        "zone": zone,
+        "model": f"hosted_vllm/scripted-{name}",
         "api_base": base_url + "/v1",
         "capability": {"device": 1, "onprem": 3, "cloud": 6}[zone],
         "context_window": 32768,
         "usd_per_mtok_in": {"device": 0.0, "onprem": 0.2, "cloud": 2.5}[zone],
         "usd_per_mtok_out": {"device": 0.0, "onprem": 0.2, "cloud": 10.0}[zone],
-        "timeout_s": 10.0, "max_retries": 0,
+        "timeout_s": 10.0,
+        "max_retries": 0,
     }
     if zone == "cloud":
         spec["model"] = f"openai/scripted-{name}"
@@ -47,27 +50,35 @@ def locus(name: str, zone: str, base_url: str, **overrides: Any) -> dict[str, An
 def write_config(path: Path, loci: list[dict[str, Any]]) -> Path:
     """A locus config file; the sensitivity detector runs on patterns only (no NER model needed:
     the entities these tests use, e-mail addresses and tax file numbers, are pattern-found)."""
-    data = {"loci": loci, "decision_log": str(path.with_suffix(".jsonl")),
-            "sensitivity": {"ner": "none"}}
+    data = {
+        "loci": loci,
+        "decision_log": str(path.with_suffix(".jsonl")),
+        "sensitivity": {"ner": "none"},
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 @pytest.fixture(scope="session")
-def scripted_config(endpoint: tuple[str, ScriptedEndpoint],
-                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scripted_config(
+    endpoint: tuple[str, ScriptedEndpoint], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Two on-prem loci (a strong one and a small one) on the scripted endpoint."""
     base_url, _ = endpoint
-    return write_config(tmp_path_factory.mktemp("locus") / "locus.yaml",
-                        [locus("onprem", "onprem", base_url),
-                         locus("edge", "onprem", base_url, capability=1)])
+    return write_config(
+        tmp_path_factory.mktemp("locus") / "locus.yaml",
+        [locus("onprem", "onprem", base_url), locus("edge", "onprem", base_url, capability=1)],
+    )
 
 
 @pytest.fixture
-def zoned_config(endpoint: tuple[str, ScriptedEndpoint], tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> Path:
+def zoned_config(
+    endpoint: tuple[str, ScriptedEndpoint], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A cloud locus (strongest, keyed) beside an on-prem one, both on the scripted endpoint."""
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-loopback")
     base_url, _ = endpoint
-    return write_config(tmp_path / "zoned.yaml",
-                        [locus("cloud", "cloud", base_url), locus("onprem", "onprem", base_url)])
+    return write_config(
+        tmp_path / "zoned.yaml",
+        [locus("cloud", "cloud", base_url), locus("onprem", "onprem", base_url)],
+    )

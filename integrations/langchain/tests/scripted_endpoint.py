@@ -112,10 +112,16 @@ def answer(payload: dict[str, Any]) -> Answer:
     if tools and choice != "none" and (forced or last_role != "tool"):
         tool = pick_tool(tools, choice, prompt)
         arguments = Filler(prompt, tool.get("parameters", {}).get("$defs")).fill(
-            {"type": "object", **tool.get("parameters", {})})
-        call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": {"name": tool["name"], "arguments": json.dumps(arguments,
-                                                                           ensure_ascii=False)}}
+            {"type": "object", **tool.get("parameters", {})}
+        )
+        call = {
+            "id": f"call_{uuid.uuid4().hex[:12]}",
+            "type": "function",
+            "function": {
+                "name": tool["name"],
+                "arguments": json.dumps(arguments, ensure_ascii=False),
+            },
+        }
         return Answer(tool_calls=[call])
     response_format = payload.get("response_format") or {}
     if response_format.get("type") == "json_schema":
@@ -150,9 +156,13 @@ def cut_at_stop(text: str, stop: Any) -> str:
 def usage(payload: dict[str, Any], reply: Answer) -> dict[str, int]:
     prompt_tokens = len(json.dumps(payload.get("messages", []))) // 4 + 1
     completion_tokens = len(reply.content.split()) + sum(
-        len(c["function"]["arguments"]) // 4 + 1 for c in reply.tool_calls)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+        len(c["function"]["arguments"]) // 4 + 1 for c in reply.tool_calls
+    )
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class ScriptedEndpoint:
@@ -160,11 +170,13 @@ class ScriptedEndpoint:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.app = Starlette(routes=[
-            Route("/health", self.health),
-            Route("/v1/models", self.models),
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.health),
+                Route("/v1/models", self.models),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            ]
+        )
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -176,25 +188,36 @@ class ScriptedEndpoint:
         payload = json.loads(await request.body())
         self.requests.append(payload)
         reply = answer(payload)
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()),
-                "model": payload.get("model", "scripted")}
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "created": int(time.time()),
+            "model": payload.get("model", "scripted"),
+        }
         if payload.get("stream"):
-            return StreamingResponse(self._events(base, payload, reply),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                self._events(base, payload, reply), media_type="text/event-stream"
+            )
         message: dict[str, Any] = {"role": "assistant", "content": reply.content or None}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
-        return JSONResponse({**base, "object": "chat.completion", "usage": usage(payload, reply),
-                             "choices": [{"index": 0, "message": message,
-                                          "finish_reason": reply.finish_reason}]})
+        return JSONResponse(
+            {
+                **base,
+                "object": "chat.completion",
+                "usage": usage(payload, reply),
+                "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+            }
+        )
 
-    async def _events(self, base: dict[str, Any], payload: dict[str, Any],
-                      reply: Answer) -> AsyncIterator[bytes]:
+    async def _events(
+        self, base: dict[str, Any], payload: dict[str, Any], reply: Answer
+    ) -> AsyncIterator[bytes]:
         base = {**base, "object": "chat.completion.chunk"}
         for delta in deltas(reply):
             yield sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        yield sse({**base, "choices": [{"index": 0, "delta": {},
-                                        "finish_reason": reply.finish_reason}]})
+        yield sse(
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]}
+        )
         if (payload.get("stream_options") or {}).get("include_usage"):
             yield sse({**base, "choices": [], "usage": usage(payload, reply)})
         yield b"data: [DONE]\n\n"
@@ -209,9 +232,16 @@ def deltas(reply: Answer) -> Iterator[dict[str, Any]]:
     for index, call in enumerate(reply.tool_calls):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2
-        yield {"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                               "function": {"name": call["function"]["name"],
-                                            "arguments": arguments[:half]}}]}
+        yield {
+            "tool_calls": [
+                {
+                    "index": index,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": arguments[:half]},
+                }
+            ]
+        }
         yield {"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]}
 
 

@@ -25,17 +25,18 @@ from typing import Any
 
 import pytest
 from conftest import locus, write_config
+from langchain_locus import ChatLocus
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
-
-from langchain_locus import ChatLocus
 
 
 @pytest.fixture(scope="module")
 def unit_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Unit tests send nothing: the locus points at a loopback port nobody listens on."""
-    return write_config(tmp_path_factory.mktemp("unit") / "locus.yaml",
-                        [locus("onprem", "onprem", "http://127.0.0.1:9")])
+    return write_config(
+        tmp_path_factory.mktemp("unit") / "locus.yaml",
+        [locus("onprem", "onprem", "http://127.0.0.1:9")],
+    )
 
 
 class TestChatLocusUnit(ChatModelUnitTests):
