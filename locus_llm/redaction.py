@@ -151,13 +151,16 @@ class Vault:
         return StreamRestorer(self)
 
     def _restore_json_text(self, arguments: str) -> str:
-        """Restore inside the parsed JSON, so a value with quotes or newlines is re-escaped
-        correctly; arguments that are not JSON are restored as plain text."""
+        """Restore in the JSON text first: values were taken from the request's raw text, escapes
+        included, so they go back as they were. A placeholder the model wrote escaped
+        (\\u003cPERSON_1\\u003e) is only visible once parsed: restore those in the parsed tree."""
+        restored = self.restore(arguments)
         try:
-            tree = json.loads(arguments)
+            tree = json.loads(restored)
         except ValueError:
-            return self.restore(arguments)
-        return json.dumps(self._restore_tree(tree), ensure_ascii=False)
+            return restored
+        again = self._restore_tree(tree)
+        return restored if again == tree else json.dumps(again, ensure_ascii=False)
 
     def _restore_tree(self, node: Any) -> Any:
         if isinstance(node, str):

@@ -74,7 +74,11 @@ def load_rows(data_dir: Path = DATA_DIR) -> dict[str, list[dict[str, Any]]]:
         "large": "presidio_tests_generated_large.json",
         "small": "presidio_tests_generated_small.json",
     }
-    return {k: json.loads((data_dir / f).read_text()) for k, f in files.items() if (data_dir / f).exists()}
+    return {
+        k: json.loads((data_dir / f).read_text())
+        for k, f in files.items()
+        if (data_dir / f).exists()
+    }
 
 
 def to_sample(row: dict[str, Any]) -> Sample:
@@ -83,7 +87,9 @@ def to_sample(row: dict[str, Any]) -> Sample:
         ours = LABEL_MAP.get(s["entity_type"], s["entity_type"])
         if ours is not None:
             spans.append((ours, int(s["start_position"]), int(s["end_position"])))
-    return Sample(row["full_text"], sorted(spans, key=lambda x: x[1]), normalise_template(row["masked"]))
+    return Sample(
+        row["full_text"], sorted(spans, key=lambda x: x[1]), normalise_template(row["masked"])
+    )
 
 
 def split_by_template(data_dir: Path = DATA_DIR) -> tuple[list[Sample], list[Sample]]:
@@ -91,7 +97,10 @@ def split_by_template(data_dir: Path = DATA_DIR) -> tuple[list[Sample], list[Sam
     normalised template is not a test template (the tests/ files use another numbering)."""
     rows = load_rows(data_dir)
     v2 = rows.get("v2", [])
-    ids = sorted({r["template_id"] for r in v2}, key=lambda i: hashlib.sha256(f"ours|{i}".encode()).hexdigest())
+    ids = sorted(
+        {r["template_id"] for r in v2},
+        key=lambda i: hashlib.sha256(f"ours|{i}".encode()).hexdigest(),
+    )
     test_ids = set(ids[: round(len(ids) * TEST_SHARE)])
     test = [to_sample(r) for r in v2 if r["template_id"] in test_ids]
     test_templates = {s.template for s in test}
@@ -235,7 +244,9 @@ def train(layers: int, epochs: int, copies: int, out_dir: Path, seed: int = 0) -
     tokenizer.no_padding()
     train_samples, test_samples = split_by_template()
     data = encode(tokenizer, augment(train_samples, copies, seed))
-    print(f"train sentences {len(train_samples)} (+aug → {len(data)}), test sentences {len(test_samples)}")
+    print(
+        f"train sentences {len(train_samples)} (+aug → {len(data)}), test sentences {len(test_samples)}"
+    )
     model = build_model(layers)
     # Frozen word embeddings: unseen names keep their pretrained neighbours, and the optimiser
     # skips 11.7M parameters (most of the model), which matters on a shared 2-core CPU.
@@ -243,7 +254,9 @@ def train(layers: int, epochs: int, copies: int, out_dir: Path, seed: int = 0) -
     steps = epochs * ((len(data) + 31) // 32)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-4, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-4, total_steps=steps, pct_start=0.1
+    )
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     started = time.time()
     for epoch in range(epochs):
@@ -260,7 +273,10 @@ def train(layers: int, epochs: int, copies: int, out_dir: Path, seed: int = 0) -
             schedule.step()
             total += float(loss.detach())
             if step % 50 == 0:
-                print(f"epoch {epoch} step {step} loss {total / (step + 1):.4f} {time.time() - started:.0f}s", flush=True)
+                print(
+                    f"epoch {epoch} step {step} loss {total / (step + 1):.4f} {time.time() - started:.0f}s",
+                    flush=True,
+                )
     export(model, tokenizer, out_dir, layers)
     print(f"trained in {time.time() - started:.0f}s → {out_dir}")
 
@@ -279,14 +295,24 @@ def export(model: Any, tokenizer: Any, out_dir: Path, layers: int) -> None:
         str(fp32),
         input_names=["input_ids", "case_ids", "attention_mask"],
         output_names=["logits"],
-        dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "case_ids", "attention_mask", "logits")},
+        dynamic_axes={
+            n: {0: "batch", 1: "tokens"}
+            for n in ("input_ids", "case_ids", "attention_mask", "logits")
+        },
         opset_version=17,
         dynamo=False,
     )
-    quantize_dynamic(str(fp32), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_dynamic(
+        str(fp32),
+        str(out_dir / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+    )
     fp32.unlink()
     shutil.copy(encoder_path() / "tokenizer.json", out_dir / "tokenizer.json")
-    (out_dir / "labels.json").write_text(json.dumps({"labels": LABELS, "layers": layers, "max_tokens": MAX_TOKENS}, indent=1))
+    (out_dir / "labels.json").write_text(
+        json.dumps({"labels": LABELS, "layers": layers, "max_tokens": MAX_TOKENS}, indent=1)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,7 +120,13 @@ SECRET_PATTERNS: list[tuple[str, str, int, float, str | None]] = [
         0.95,
         "sk-",
     ),
-    ("GITHUB_TOKEN", r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,}\b", 0, 0.99, "ghp_|gho_|ghu_|ghs_|ghr_"),
+    (
+        "GITHUB_TOKEN",
+        r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,}\b",
+        0,
+        0.99,
+        "ghp_|gho_|ghu_|ghs_|ghr_",
+    ),
     ("GITHUB_TOKEN", r"\bgithub_pat_[A-Za-z0-9_]{22,}", 0, 0.99, "github_pat_"),
     ("GITLAB_TOKEN", r"\bglpat-[A-Za-z0-9_\-]{20,}", 0, 0.99, "glpat-"),
     ("SLACK_TOKEN", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", 0, 0.95, "xox"),
@@ -202,7 +208,9 @@ class SecretsRecognizer(LocalRecognizer):
         return results
 
 
-def keyword_recognizers(keywords: dict[str, Iterable[str]], score: float = 0.9) -> list[LocalRecognizer]:
+def keyword_recognizers(
+    keywords: dict[str, Iterable[str]], score: float = 0.9
+) -> list[LocalRecognizer]:
     """One deny-list recognizer per entity type: case-insensitive, whole words, longest first."""
     recognizers: list[LocalRecognizer] = []
     for etype, words in keywords.items():
@@ -234,11 +242,14 @@ class KeywordRecognizer(LocalRecognizer):
         lowered = text.lower()
         if not any(w in lowered for w in self._needles):
             return []
-        return [RecognizerResult(etype, m.start(), m.end(), self._score) for m in self._regex.finditer(text)]
+        return [
+            RecognizerResult(etype, m.start(), m.end(), self._score)
+            for m in self._regex.finditer(text)
+        ]
 
 
-# A run of digits with the punctuation phones are written with; at least 7 digits' worth.
-_PHONE_CANDIDATE = re.compile(r"(?:\+|\(|\b)\d[\d \t().\-/]{5,24}\d\b")
+# A run of digits with the punctuation phones are written with, 7 characters or more.
+_PHONE_CANDIDATE = re.compile(r"\d[\d \t().\-/]{5,}\d")
 
 
 class FastPhoneRecognizer(PhoneRecognizer):
@@ -259,11 +270,8 @@ class FastPhoneRecognizer(PhoneRecognizer):
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
         results: list[RecognizerResult] = []
-        for candidate in _PHONE_CANDIDATE.finditer(text):
-            a = max(0, candidate.start() - 2)
-            b = min(len(text), candidate.end() + 2)
-            window = text[a:b]
-            for result in super().analyze(window, entities, None):
+        for a, b in text_windows(text, _PHONE_CANDIDATE, 4):
+            for result in super().analyze(text[a:b], entities, None):
                 result.start += a
                 result.end += a
                 results.append(result)

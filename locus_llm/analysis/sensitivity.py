@@ -128,7 +128,9 @@ class SensitivityConfig(BaseModel):
 
     ner: Literal["onnx", "spacy", "none"] = "onnx"
     spacy_model: str = "en_core_web_lg"  # used when ner == "spacy"; must be installed by the user
-    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)  # below it an entity is not reported
+    score_threshold: float = Field(
+        default=0.35, ge=0.0, le=1.0
+    )  # below it an entity is not reported
     keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     rules: dict[str, EntityRule] = Field(default_factory=default_rules)
     default_class: str = "INTERNAL"  # for a reported type missing from `rules`
@@ -167,18 +169,21 @@ def classify(entities: Iterable[Entity], config: SensitivityConfig) -> DataClass
     return result
 
 
-def _rank(result: RecognizerResult, config: SensitivityConfig) -> tuple[int, float, int]:
-    """Which of two overlapping results wins: the one that decides a higher class, then score."""
+def _rank(result: RecognizerResult, config: SensitivityConfig) -> tuple[float, int, int]:
+    """Which of two overlapping results wins: the surer one; on a tie (a 9-digit number valid
+    as both TFN and ACN) the one that decides the higher class, then the longer."""
     rule = config.rules.get(result.entity_type)
     level = -1
     if rule is None:
         level = DataClass.parse(config.default_class)
     elif result.score >= rule.min_score:
         level = DataClass.parse(rule.data_class)
-    return (int(level), result.score, result.end - result.start)
+    return (result.score, int(level), result.end - result.start)
 
 
-def resolve_overlaps(results: list[RecognizerResult], config: SensitivityConfig) -> list[RecognizerResult]:
+def resolve_overlaps(
+    results: list[RecognizerResult], config: SensitivityConfig
+) -> list[RecognizerResult]:
     """Keep non-overlapping results, best first: redaction needs disjoint spans, and a name the
     model sees inside an e-mail address is the e-mail address."""
     kept: list[RecognizerResult] = []
@@ -265,21 +270,14 @@ def _nlp_engine(config: SensitivityConfig) -> Any:
 
 
 def _offline_tldextract() -> None:
-    """presidio's e-mail and URL recognizers call tldextract, whose default extractor fetches the
-    public suffix list on first use. Swap in one that only uses the snapshot in the package."""
+    """presidio's e-mail recognizer calls `tldextract.extract`, whose default extractor fetches
+    the public suffix list on first use. Swap in one that only reads the snapshot shipped inside
+    the package (and writes no cache)."""
     import tldextract
 
     offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-    tldextract.extract = offline  # the module-level function presidio imports by name
+    tldextract.extract = offline  # looked up on the module at call time by presidio
     tldextract.tldextract.TLD_EXTRACTOR = offline
-    try:
-        from presidio_analyzer.predefined_recognizers.generic import email_recognizer, url_recognizer
-
-        for module in (email_recognizer, url_recognizer):
-            if hasattr(module, "tldextract"):
-                module.tldextract.extract = offline
-    except ImportError:  # older presidio layouts: the module-level patch above is enough
-        pass
 
 
 class SensitivityDetector:
@@ -325,8 +323,25 @@ def _fold_table() -> dict[int, str]:
     import unicodedata
 
     table: dict[int, str] = {0: " "}
-    for code in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C,
-                 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x00AD):
+    for code in (
+        0x200B,
+        0x200C,
+        0x200D,
+        0x2060,
+        0xFEFF,
+        0x200E,
+        0x200F,
+        0x202A,
+        0x202B,
+        0x202C,
+        0x202D,
+        0x202E,
+        0x2066,
+        0x2067,
+        0x2068,
+        0x2069,
+        0x00AD,
+    ):
         table[code] = " "
     for code in range(0x80, sys.maxunicode + 1):
         char = chr(code)
@@ -334,6 +349,9 @@ def _fold_table() -> dict[int, str]:
             value = unicodedata.digit(char, None)
             if value is not None and unicodedata.decimal(char, None) is not None:
                 table[code] = str(value)
+    # lone surrogates (bytes decoded with surrogateescape) would break the tokenizer
+    for code in range(0xD800, 0xE000):
+        table[code] = "\ufffd"
     # fullwidth ASCII letters and punctuation (homoglyph-style obfuscation of keys and e-mails)
     for code in range(0xFF01, 0xFF5F):
         table[code] = chr(code - 0xFEE0)

@@ -1,0 +1,376 @@
+"""Sensitive-data detection with real presidio and our real ONNX NER model (no mocks)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from locus_llm.analysis.recognizers import abn_valid, acn_valid, medicare_valid, tfn_valid
+from locus_llm.analysis.sensitivity import SensitivityConfig, SensitivityDetector
+from locus_llm.profile import DataClass, Entity
+
+AU_TYPES = {"AU_TFN", "AU_ABN", "AU_ACN", "AU_MEDICARE"}
+
+
+@pytest.fixture(scope="module")
+def detector() -> SensitivityDetector:
+    """The default detector: presidio patterns, AU IDs, secrets, keywords and the ONNX NER."""
+    return SensitivityDetector()
+
+
+@pytest.fixture(scope="module")
+def patterns_only() -> SensitivityDetector:
+    return SensitivityDetector(SensitivityConfig(ner="none"))
+
+
+def found(detector: SensitivityDetector, text: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for entity in detector.detect(text):
+        values.setdefault(entity.type, []).append(text[entity.start : entity.end])
+    return values
+
+
+# --- Australian identifiers: generated with their checksums, valid and invalid -------------
+
+
+def _complete(
+    rng: random.Random, length: int, valid: Callable[[str], bool], first: str = ""
+) -> str:
+    while True:
+        digits = first + "".join(rng.choice("0123456789") for _ in range(length - len(first)))
+        if valid(digits):
+            return digits
+
+
+def _spoil(digits: str, *checks: Callable[[str], bool]) -> str:
+    """Change the last digit until every checksum fails."""
+    for d in "0123456789":
+        candidate = digits[:-1] + d
+        if not any(check(candidate) for check in checks):
+            return candidate
+    raise AssertionError(f"no invalid variant of {digits}")
+
+
+def _written(digits: str, groups: tuple[int, ...]) -> list[str]:
+    """The usual written forms: no separator, spaces, dashes (grouped as on the card/letter)."""
+    parts, i = [], 0
+    for g in groups:
+        parts.append(digits[i : i + g])
+        i += g
+    return [digits, " ".join(parts), "-".join(parts)]
+
+
+AU_CASES = [
+    # type, length, checksum, grouping, first digit constraint
+    ("AU_TFN", 9, tfn_valid, (3, 3, 3), ""),
+    ("AU_ABN", 11, abn_valid, (2, 3, 3, 3), "5"),
+    ("AU_ACN", 9, acn_valid, (3, 3, 3), ""),
+    ("AU_MEDICARE", 10, medicare_valid, (4, 5, 1), "2"),
+]
+
+
+def test_known_valid_numbers_pass_the_checksums() -> None:
+    # Published examples (ATO / ASIC / ABR documentation style numbers).
+    assert abn_valid("51 824 753 556")
+    assert acn_valid("004 085 616")
+    assert acn_valid("000 000 019")
+    assert tfn_valid("123 456 782")
+    assert medicare_valid("2123 45670 1")
+    assert not tfn_valid("123 456 789")
+    assert not abn_valid("51 824 753 557")
+
+
+@pytest.mark.parametrize(("etype", "length", "valid", "groups", "first"), AU_CASES)
+def test_checksum_valid_au_ids_are_all_found(
+    patterns_only: SensitivityDetector,
+    etype: str,
+    length: int,
+    valid: Callable[[str], bool],
+    groups: tuple[int, ...],
+    first: str,
+) -> None:
+    rng = random.Random(etype)
+    misses = []
+    for _ in range(40):
+        digits = _complete(rng, length, valid, first)
+        # A 9-digit number valid as both TFN and ACN is reported as the more sensitive TFN.
+        expected = "AU_TFN" if etype == "AU_ACN" and tfn_valid(digits) else etype
+        for form in _written(digits, groups):
+            text = f"Please update the record: number {form} as discussed."
+            if form not in found(patterns_only, text).get(expected, []):
+                misses.append((expected, form, found(patterns_only, text)))
+    assert not misses, f"{len(misses)} valid numbers missed, e.g. {misses[:3]}"
+
+
+@pytest.mark.parametrize(("etype", "length", "valid", "groups", "first"), AU_CASES)
+def test_checksum_invalid_au_ids_are_never_hits(
+    patterns_only: SensitivityDetector,
+    etype: str,
+    length: int,
+    valid: Callable[[str], bool],
+    groups: tuple[int, ...],
+    first: str,
+) -> None:
+    rng = random.Random("invalid" + etype)
+    hits = []
+    for _ in range(40):
+        digits = _spoil(
+            _complete(rng, length, valid, first), tfn_valid, acn_valid, abn_valid, medicare_valid
+        )
+        for form in _written(digits, groups):
+            text = f"Please update the record: number {form} as discussed."
+            au = AU_TYPES & set(found(patterns_only, text))
+            if au:
+                hits.append((form, au))
+    assert not hits, f"checksum-invalid numbers reported as AU IDs: {hits[:5]}"
+
+
+def test_valid_tfn_makes_the_request_restricted(patterns_only: SensitivityDetector) -> None:
+    entities = patterns_only.detect("my tax file number is 123 456 782")
+    assert [e.type for e in entities] == ["AU_TFN"]
+    assert patterns_only.data_class(entities) is DataClass.RESTRICTED
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+SECRETS = {
+    "AWS_ACCESS_KEY": "AKIAIOSFODNN7EXAMPLE",
+    "AWS_SECRET_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "OPENAI_API_KEY": "sk-proj-Ab3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5z",
+    "ANTHROPIC_API_KEY": "sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Jh1Gf0EdCbA-ab12cd34",
+    "GITHUB_TOKEN": "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "JWT": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "SLACK_TOKEN": "xoxb-2631497711-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "GOOGLE_API_KEY": "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
+}
+
+
+@pytest.mark.parametrize(("etype", "value"), sorted(SECRETS.items()))
+def test_secrets_are_found_and_restricted(
+    patterns_only: SensitivityDetector, etype: str, value: str
+) -> None:
+    prefix = "aws_secret_access_key = " if etype == "AWS_SECRET_KEY" else "use this token: "
+    text = f"Deploy with {prefix}{value} tonight."
+    entities = patterns_only.detect(text)
+    assert (etype, value) in [(e.type, text[e.start : e.end]) for e in entities], entities
+    assert patterns_only.data_class(entities) is DataClass.RESTRICTED
+
+
+def test_private_key_block_is_found_whole(patterns_only: SensitivityDetector) -> None:
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi\n-----END RSA PRIVATE KEY-----"
+    text = f"here is the key:\n{key}\nthanks"
+    assert found(patterns_only, text).get("PRIVATE_KEY") == [key]
+
+
+@pytest.mark.parametrize(
+    ("text", "password"),
+    [
+        ("connect to postgres://admin:Tr0ub4dor&3@db.internal:5432/sales", "Tr0ub4dor&3"),
+        ("mongodb+srv://svc:hunter2hunter2@cluster0.example.net/app", "hunter2hunter2"),
+        ("Server=sql01;Database=crm;User Id=app;Password=S3cr3t!Pass;", "S3cr3t!Pass"),
+        ('config = {"password": "correct-horse-battery"}', "correct-horse-battery"),
+    ],
+)
+def test_passwords_in_connection_strings(
+    patterns_only: SensitivityDetector, text: str, password: str
+) -> None:
+    entities = patterns_only.detect(text)
+    assert password in found(patterns_only, text).get("PASSWORD", []), entities
+    assert patterns_only.data_class(entities) is DataClass.RESTRICTED
+
+
+def test_prose_about_passwords_is_not_a_secret(patterns_only: SensitivityDetector) -> None:
+    text = "Choose a strong password: it should be long. The key point is length."
+    assert "PASSWORD" not in found(patterns_only, text)
+
+
+# --- keywords from the config -----------------------------------------------------------
+
+
+def test_configured_keywords_are_found_case_blind_and_whole_word() -> None:
+    config = SensitivityConfig(
+        ner="none",
+        keywords={"PROJECT_CODENAME": ["Project Nightjar", "Bluefin"]},
+        rules={"PROJECT_CODENAME": "RESTRICTED"},
+    )
+    detector = SensitivityDetector(config)
+    text = "Status of PROJECT  nightjar and bluefin; the bluefins are fish."
+    values = found(detector, text)
+    assert values.get("PROJECT_CODENAME") == ["PROJECT  nightjar", "bluefin"]
+    assert detector.data_class(detector.detect(text)) is DataClass.RESTRICTED
+    # defaults kept beside the configured table entry
+    assert config.rules["AU_TFN"].data_class == "RESTRICTED"
+
+
+def test_default_keywords_mark_confidential(patterns_only: SensitivityDetector) -> None:
+    text = "BOARD CONFIDENTIAL: the M&A shortlist for Q3."
+    assert found(patterns_only, text).get("CONFIDENTIAL_KEYWORD") == ["BOARD CONFIDENTIAL", "M&A"]
+    assert patterns_only.data_class(patterns_only.detect(text)) is DataClass.CONFIDENTIAL
+
+
+# --- names, places, organisations: the ONNX model -----------------------------------------
+
+
+def test_onnx_ner_finds_people_places_and_organisations(detector: SensitivityDetector) -> None:
+    text = (
+        "Yesterday Margaret Thompson flew from Brisbane to meet the lawyers at Allens Linklaters."
+    )
+    values = found(detector, text)
+    assert "Margaret Thompson" in values.get("PERSON", []), values
+    assert "Brisbane" in values.get("LOCATION", []), values
+    assert detector.data_class(detector.detect(text)) is DataClass.INTERNAL
+
+
+def test_ner_covers_long_texts_beyond_one_window(detector: SensitivityDetector) -> None:
+    filler = "The committee reviewed the quarterly figures and agreed to continue. " * 120
+    text = filler + "Please send the report to Daniel Okafor in Perth." + filler
+    values = found(detector, text)
+    assert "Daniel Okafor" in values.get("PERSON", []), values
+
+
+def test_plain_prose_is_public(detector: SensitivityDetector) -> None:
+    text = "Explain how photosynthesis converts light into chemical energy, in three steps."
+    entities = detector.detect(text)
+    assert entities == [] and detector.data_class(entities) is DataClass.PUBLIC
+
+
+def test_contact_details_are_confidential(detector: SensitivityDetector) -> None:
+    text = "Reach me at jane.citizen@example.com.au or +61 412 345 678."
+    values = found(detector, text)
+    assert values.get("EMAIL_ADDRESS") == ["jane.citizen@example.com.au"]
+    assert values.get("PHONE_NUMBER") == ["+61 412 345 678"]
+    assert detector.data_class(detector.detect(text)) is DataClass.CONFIDENTIAL
+
+
+def test_spans_are_disjoint_and_index_the_text(detector: SensitivityDetector) -> None:
+    text = "Card 4111 1111 1111 1111 for John Smith, john.smith@example.com, TFN 123-456-782."
+    entities = detector.detect(text)
+    spans = sorted((e.start, e.end) for e in entities)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(0 <= e.start < e.end <= len(text) and e.message == 0 for e in entities)
+
+
+# --- odd input: never raise, sensible class ----------------------------------------------
+
+
+def test_binary_input_does_not_crash(detector: SensitivityDetector) -> None:
+    rng = random.Random(7)
+    blob = bytes(rng.randrange(256) for _ in range(200_000))
+    for text in (
+        blob.decode("latin-1"),
+        blob.decode("utf-8", "surrogateescape"),
+        blob.decode("utf-8", "replace"),
+    ):
+        entities = detector.detect(text)
+        assert isinstance(detector.data_class(entities), DataClass)
+    tfn_in_binary = (blob[:5000] + b" TFN 123 456 782 " + blob[5000:10000]).decode("latin-1")
+    assert detector.data_class(detector.detect(tfn_in_binary)) is DataClass.RESTRICTED
+
+
+def test_ten_megabytes_patterns_only(patterns_only: SensitivityDetector) -> None:
+    chunk = "Routine status update with nothing sensitive in it at all, just words. " * 1000
+    text = chunk * (10_000_000 // len(chunk)) + " key AKIAIOSFODNN7EXAMPLE end"
+    assert len(text) >= 10_000_000
+    entities = patterns_only.detect(text)
+    assert [e.type for e in entities] == ["AWS_ACCESS_KEY"]
+    assert entities[0].start > 9_999_000  # the end of the text was scanned: never truncated
+
+
+@pytest.mark.slow  # ~10 MB through the NER takes minutes on 2 cores; benchmarks/bench_sensitivity.py runs it too
+def test_ten_megabytes_with_ner(detector: SensitivityDetector) -> None:
+    chunk = "Routine status update with nothing sensitive in it at all, just words. " * 1000
+    text = chunk * (10_000_000 // len(chunk)) + " TFN 123 456 782"
+    entities = detector.detect(text)
+    assert detector.data_class(entities) is DataClass.RESTRICTED
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TFN １２３ ４５６ ７８２",  # fullwidth digits
+        "TFN ١٢٣ ٤٥٦ ٧٨٢",  # Arabic-Indic digits
+        "TFN 123\u200d456\u200d782",  # zero-width joiners inside the number
+        "\u202eTFN 123 456 782\u202c \u05e9\u05dc\u05d5\u05dd",  # RTL override, Hebrew
+        "key ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ",  # fullwidth AWS key
+    ],
+)
+def test_odd_unicode_is_seen_through(detector: SensitivityDetector, text: str) -> None:
+    entities = detector.detect(text)
+    assert detector.data_class(entities) is DataClass.RESTRICTED, entities
+    assert all(0 <= e.start < e.end <= len(text) for e in entities)
+
+
+def test_empty_and_whitespace(detector: SensitivityDetector) -> None:
+    assert detector.detect("") == [] and detector.detect(" \n\t ") == []
+    assert detector.data_class([]) is DataClass.PUBLIC
+
+
+# --- concurrency, offline, cheap import ---------------------------------------------------
+
+
+def test_concurrent_detection_matches_sequential(detector: SensitivityDetector) -> None:
+    rng = random.Random(1)
+    texts = []
+    for i in range(100):
+        tfn = _complete(rng, 9, tfn_valid)
+        texts.append(
+            f"Client {i}: email client{i}@example.org, TFN {tfn[:3]} {tfn[3:6]} {tfn[6:]}."
+        )
+    expected = [detector.detect(t) for t in texts]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        got = list(pool.map(detector.detect, texts))
+    assert got == expected
+    assert all({e.type for e in es} >= {"EMAIL_ADDRESS", "AU_TFN"} for es in got)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    yield
+
+
+def test_building_and_detecting_never_touch_the_network(no_network: None) -> None:
+    detector = SensitivityDetector()
+    text = "Write to someone@company.example.co.uk about https://intranet.example.com/x"
+    assert "EMAIL_ADDRESS" in found(detector, text)
+
+
+def test_config_import_is_cheap() -> None:
+    code = (
+        "import sys; import locus_llm.analysis.sensitivity as s; s.SensitivityConfig(); "
+        "assert 'presidio_analyzer' not in sys.modules; assert 'onnxruntime' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spacy_without_the_pipeline_is_a_clear_config_error() -> None:
+    from locus_llm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not installed"):
+        SensitivityDetector(SensitivityConfig(ner="spacy", spacy_model="en_core_web_nonexistent"))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="unknown data class"):
+        SensitivityConfig(rules={"PERSON": "SECRETISH"})
+    config = SensitivityConfig.model_validate(
+        {"rules": {"PERSON": {"data_class": "confidential", "min_score": 0.9}}}
+    )
+    assert config.rules["PERSON"].data_class == "CONFIDENTIAL"
+    person = Entity("PERSON", 0, 4, 0.8)
+    from locus_llm.analysis.sensitivity import classify
+
+    assert classify([person], config) is DataClass.PUBLIC  # below its min_score
+    assert classify([Entity("PERSON", 0, 4, 0.95)], config) is DataClass.CONFIDENTIAL
+    assert classify([Entity("SOMETHING_NEW", 0, 4, 0.95)], config) is DataClass.INTERNAL
