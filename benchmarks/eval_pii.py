@@ -42,9 +42,54 @@ def skip_words() -> set[str]:
 
     extra = {"'s", "st.", "p.o.", "mr.", "mrs.", "y/o", "inc."}
     extra |= set(
-        "street st de rue via and a the or do as of day address country state city zip po apt "
-        "unit corner box suite miss year years month months old morning noon afternoon night "
-        "evening this first last week weeks weekend days age ago inc ltd".split()
+        [
+            "street",
+            "st",
+            "de",
+            "rue",
+            "via",
+            "and",
+            "a",
+            "the",
+            "or",
+            "do",
+            "as",
+            "of",
+            "day",
+            "address",
+            "country",
+            "state",
+            "city",
+            "zip",
+            "po",
+            "apt",
+            "unit",
+            "corner",
+            "box",
+            "suite",
+            "miss",
+            "year",
+            "years",
+            "month",
+            "months",
+            "old",
+            "morning",
+            "noon",
+            "afternoon",
+            "night",
+            "evening",
+            "this",
+            "first",
+            "last",
+            "week",
+            "weeks",
+            "weekend",
+            "days",
+            "age",
+            "ago",
+            "inc",
+            "ltd",
+        ]
     )
     return set(string.punctuation) | set(STOP_WORDS) | extra
 
