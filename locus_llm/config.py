@@ -70,6 +70,13 @@ class AnalysisSettings(BaseModel):
     tokens_out_default: int = Field(default=256, gt=0)  # expected output when max_tokens is unset
 
 
+class BreakerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(default=5, ge=1)  # consecutive failures that open the circuit
+    cooldown_s: float = Field(default=30.0, gt=0)  # then one probe is let through
+
+
 class LocusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +84,7 @@ class LocusConfig(BaseModel):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     sensitivity: dict[str, Any] = Field(default_factory=dict)  # see analysis.sensitivity
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     objective: Literal["cost", "latency"] = "cost"  # after the floor and the budget: what to minimise
     decision_log: Path | None = None
     profiles: Path | None = None  # a `locus bench` profile file: measured numbers to start from

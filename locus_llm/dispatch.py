@@ -127,6 +127,8 @@ class Step:
     vault: Any = None  # a redaction.Vault when this attempt had to be pseudonymised
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    first_timeout: float = 60.0  # streaming: seconds to wait for the first chunk
+    chunk_timeout: float = 60.0  # streaming: seconds to wait for each later chunk (stall)
 
 
 class Run:
@@ -222,16 +224,22 @@ class Run:
             for kind, count in vault.redacted_types.items():
                 self.redacted[kind] = self.redacted.get(kind, 0) + count
         params = {**locus.params, **self.params, "model": locus.model, "messages": messages}
+        # A slow first token is a reason to fail over only when there is somewhere to go: on the
+        # last locus of the plan a late answer beats no answer.
+        last = self._index >= len(self.plan) - 1
+        first_timeout = locus.ttft_timeout_s if locus.ttft_timeout_s and not last else locus.timeout_s
+        chunk_timeout = locus.stall_timeout_s or locus.timeout_s
         timeout = locus.timeout_s
         if self.params.get("stream"):
-            limits = [t for t in (locus.ttft_timeout_s, locus.stall_timeout_s) if t]
-            timeout = min([timeout, *limits])  # read timeout: bounds the wait for every chunk
+            # the sync HTTP client has one read timeout for every chunk, the first included
+            timeout = min(first_timeout, chunk_timeout) if not last else max(first_timeout,
+                                                                               chunk_timeout)
         params.update(timeout=timeout, max_retries=0, num_retries=0)
         if locus.api_base:
             params["api_base"] = locus.api_base
         if (key := locus.api_key()) is not None:
             params["api_key"] = key
-        return Step(locus, params, vault)
+        return Step(locus, params, vault, first_timeout=first_timeout, chunk_timeout=chunk_timeout)
 
     def _skip(self, locus: Locus, reason: str) -> None:
         self.attempts.append({"locus": locus.name, "outcome": "skipped", "reason": reason})
@@ -456,7 +464,7 @@ class AsyncRoutedStream:
                     finished = False
                     stream = await litellm.acompletion(**step.params)
                     chunks = stream.__aiter__()
-                    limit = step.locus.ttft_timeout_s or step.locus.timeout_s
+                    limit = step.first_timeout
                     while True:
                         try:
                             chunk = await asyncio.wait_for(chunks.__anext__(), timeout=limit)
@@ -465,7 +473,7 @@ class AsyncRoutedStream:
                         except TimeoutError:
                             raise StreamInterrupted(
                                 f"no chunk from {step.locus.name} within {limit:g} s") from None
-                        limit = step.locus.stall_timeout_s or step.locus.timeout_s
+                        limit = step.chunk_timeout
                         if step.first_token_at is None and _has_content(chunk):
                             step.first_token_at = time.perf_counter()
                         usage = usage_of(chunk) or usage

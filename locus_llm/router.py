@@ -79,7 +79,8 @@ class Router:
         )
         self.policy = PolicyEngine(self.config.policy.bundle, self.config.policy.data,
                                    reload=self.config.policy.reload)
-        self.stats = stats or Stats()
+        self.stats = stats or Stats(failure_threshold=self.config.breaker.failure_threshold,
+                                    cooldown_s=self.config.breaker.cooldown_s)
         if stats is None and self.config.profiles is not None:
             self.stats.load_profiles(self.config.profiles)
         self.log = DecisionLog(self.config.decision_log)

@@ -37,6 +37,8 @@ class Behaviour:
     malformed_at: int | None = None  # streaming: one garbage event before chunk N
     no_done: bool = False  # streaming: complete but without `data: [DONE]`
     echo: bool = False  # answer with the last user message (to see what arrived)
+    reject_prefill: bool = False  # 400 when the last message is the assistant's (a prefill)
+    until: float | None = None  # time.monotonic() deadline: repeat this behaviour until then
 
 
 def ok(text: str = "Hello from the loopback server.", **kw: Any) -> Behaviour:
@@ -81,9 +83,13 @@ class FaultServer:
     def _next(self, model: str) -> Behaviour:
         with self._lock:
             queue = self.scripts.get(model)
+            while queue and queue[0].until is not None and len(queue) > 1:
+                if time.monotonic() < queue[0].until:
+                    return queue[0]
+                queue.pop(0)  # its time is over: on to the next behaviour
             if not queue:
                 return ok(echo=True)
-            return queue.pop(0) if len(queue) > 1 else queue[0]
+            return queue.pop(0) if len(queue) > 1 and queue[0].until is None else queue[0]
 
     # lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> FaultServer:
@@ -158,6 +164,12 @@ class FaultServer:
         if behaviour.kind == "hang":
             await asyncio.sleep(3600)
             return False
+        messages = payload.get("messages") or [{}]
+        if behaviour.reject_prefill and messages[-1].get("role") == "assistant":
+            error = {"message": "assistant prefill is not supported", "type": "invalid_request",
+                     "code": "prefill_unsupported", "param": "messages"}
+            await _send_json(writer, 400, {"error": error})
+            return True
         if behaviour.kind == "status":
             error = {"message": behaviour.message, "type": "scripted", "code": behaviour.code,
                      "param": None}
