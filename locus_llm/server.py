@@ -467,19 +467,28 @@ def _stream_chat(chat: ChatRequest, cancel: threading.Event) -> Iterator[Delta]:
     )
 
 
-def _generate_whole(
-    chat: ChatRequest, cancel: threading.Event
-) -> tuple[str, Delta | None, Exception | None]:
-    """The completion text, the last delta (finish reason, usage), and the error that ended it."""
+@dataclass(frozen=True)
+class Completion:
+    """A whole (non-streamed) generation: its text, last delta, the error that ended it, its time."""
+
+    text: str
+    last: Delta | None
+    error: Exception | None
+    seconds: float
+
+
+def _generate_whole(chat: ChatRequest, cancel: threading.Event) -> Completion:
     pieces = []
     last = None
+    error = None
+    started = time.perf_counter()
     try:
         for delta in _stream_chat(chat, cancel):
             pieces.append(delta.text)
             last = delta
-    except Exception as error:
-        return "".join(pieces), last, error
-    return "".join(pieces), last, None
+    except Exception as failure:
+        error = failure
+    return Completion("".join(pieces), last, error, time.perf_counter() - started)
 
 
 async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -514,13 +523,17 @@ async def chat_completions(request: Request) -> Response:
     try:
         # shielded: the worker must run (and free its slot) even if this request is cancelled
         work = generations.run(lambda: _generate_whole(chat, cancel), cancel)
-        text, last, error = await asyncio.shield(work)
+        completion: Completion = await asyncio.shield(work)
     finally:
         watcher.cancel()
         cancel.set()  # no-op when finished; stops the model if this task was cancelled
-    if error is not None:
-        return error_response(generation_error(error, started=last is not None))
-    return JSONResponse(_completion(request_id, chat, text, last))
+    if completion.error is not None:
+        started = completion.last is not None
+        return error_response(generation_error(completion.error, started=started))
+    # Server-Timing tells a client how much of its wait was the model (benchmarks use it)
+    timing = {"Server-Timing": f"generation;dur={completion.seconds * 1000:.3f}"}
+    body = _completion(request_id, chat, completion.text, completion.last)
+    return JSONResponse(body, headers=timing)
 
 
 async def _stream_response(
@@ -770,7 +783,7 @@ class ServerThread:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> str:
-        sock = socket.create_server((self.host, self.port))
+        sock = _listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.base_url = f"http://{self.host}:{self.port}"
         config = uvicorn.Config(
@@ -817,6 +830,24 @@ class ServerThread:
             status_line = s.makefile("rb").readline()
         if b" 200 " not in status_line:
             raise RuntimeError(f"GET {self.base_url}/health answered {status_line!r}")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), ready to hand to uvicorn.
+
+    Its protocol must say TCP explicitly: asyncio sets TCP_NODELAY only on connections whose
+    socket has proto == IPPROTO_TCP, and without it every response waits ~40 ms for a delayed ACK
+    (Nagle) between its header and body writes.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -369,6 +369,16 @@ def test_content_parts_and_system_messages_reach_the_model(
     assert body["usage"] == usage
 
 
+def test_server_timing_reports_the_time_spent_in_the_model(client: httpx.Client) -> None:
+    request = {"model": "slow", "messages": USER, "max_tokens": 20, "temperature": 0}
+    started = time.perf_counter()
+    response = client.post("/v1/chat/completions", json=request)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    name, _, duration = response.headers["server-timing"].partition(";dur=")
+    assert name == "generation"
+    assert 20 * 10 <= float(duration) <= elapsed_ms  # 20 tokens at 10 ms each, within the wait
+
+
 def test_models_and_health(client: httpx.Client) -> None:
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
