@@ -75,10 +75,11 @@ def scripted_config(
 def zoned_config(
     endpoint: tuple[str, ScriptedEndpoint], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """A cloud locus (strongest, keyed) beside an on-prem one, both on the scripted endpoint."""
+    """A strong, keyed cloud locus beside a tiny on-prem one (capability 0: below every floor, so
+    work goes to the cloud whenever the policy allows it), both on the scripted endpoint."""
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-loopback")
     base_url, _ = endpoint
     return write_config(
         tmp_path / "zoned.yaml",
-        [locus("cloud", "cloud", base_url), locus("onprem", "onprem", base_url)],
+        [locus("cloud", "cloud", base_url), locus("onprem", "onprem", base_url, capability=0)],
     )
