@@ -554,29 +554,40 @@ async def _stream_response(
         return error_response(generation_error(first, started=False))
 
     async def events() -> AsyncIterator[str]:
-        try:
-            yield _chunk(request_id, chat, {"role": "assistant", "content": ""})
-            item: Delta | BaseException | None = first
-            last = None
-            while isinstance(item, Delta):
-                last = item
-                if item.text:
-                    yield _chunk(request_id, chat, {"content": item.text})
-                item = await queue.get()
-            if isinstance(item, BaseException):
-                error = generation_error(item, started=True)
-                payload = {"error": {"message": error.message, "type": error.type}}
-                yield f"data: {json.dumps(payload)}\n\n"
-            else:
-                yield _chunk(request_id, chat, {}, _finish_reason(last))
-                if chat.include_usage:
-                    yield _chunk(request_id, chat, None, usage=last.usage if last else None)
-            yield "data: [DONE]\n\n"
-        finally:
-            cancel.set()  # the client left (this generator was cancelled) or the stream ended
+        yield _chunk(request_id, chat, {"role": "assistant", "content": ""})
+        item: Delta | BaseException | None = first
+        last = None
+        while isinstance(item, Delta):
+            last = item
+            if item.text:
+                yield _chunk(request_id, chat, {"content": item.text})
+            item = await queue.get()
+        if isinstance(item, BaseException):
+            error = generation_error(item, started=True)
+            payload = {"error": {"message": error.message, "type": error.type}}
+            yield f"data: {json.dumps(payload)}\n\n"
+        else:
+            yield _chunk(request_id, chat, {}, _finish_reason(last))
+            if chat.include_usage:
+                yield _chunk(request_id, chat, None, usage=last.usage if last else None)
+        yield "data: [DONE]\n\n"
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return GenerationStream(events(), cancel)
+
+
+class GenerationStream(StreamingResponse):
+    """An SSE response that stops its generation however it ends: done, client gone, shutdown."""
+
+    def __init__(self, events: AsyncIterator[str], cancel: threading.Event) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.cancel = cancel
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.cancel.set()
 
 
 async def list_models(request: Request) -> Response:
