@@ -7,9 +7,12 @@ difficulty 1.0" (the strong, trusted side), a detector failure gives RESTRICTED.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +28,25 @@ from locus_llm.profile import (
 )
 
 log = logging.getLogger("locus.analysis")
+
+
+@contextlib.contextmanager
+def torch_hidden() -> Iterator[None]:
+    """Keep torch out of the process while presidio loads.
+
+    presidio imports spaCy, whose thinc imports torch whenever it is installed (a dev or training
+    environment): 5-10 s and ~500 MB for nothing, since no torch model runs at run time. A None in
+    sys.modules makes `import torch` fail fast, and thinc carries on without it.
+    """
+    if "torch" in sys.modules:  # already loaded by the caller (training): nothing to save
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
 
 
 class Classifier(Protocol):
@@ -133,13 +155,14 @@ class Analyzer:
             with self._lock:
                 if self._detector is None and self._detector_error is None:
                     try:
-                        from locus_llm.analysis.sensitivity import (
-                            SensitivityConfig,
-                            SensitivityDetector,
-                        )
+                        with torch_hidden():
+                            from locus_llm.analysis.sensitivity import (
+                                SensitivityConfig,
+                                SensitivityDetector,
+                            )
 
-                        config = SensitivityConfig.model_validate(self.sensitivity)
-                        self._detector = SensitivityDetector(config)
+                            config = SensitivityConfig.model_validate(self.sensitivity)
+                            self._detector = SensitivityDetector(config)
                     except Exception as exc:
                         self._detector_error = f"{type(exc).__name__}: {exc}"
                         log.error("sensitivity detector unavailable, every request is "
