@@ -1,0 +1,131 @@
+"""Quality of the router classifier's difficulty score and task head, with figures.
+
+    .venv/bin/python benchmarks/eval_difficulty.py [--model DIR] [--data DIR] [--out DIR]
+
+Writes into --out (default: the model directory):
+  difficulty_eval.json              ROC-AUC for "a strong model is needed" on llmrouter_sample
+                                    (difficulty score vs prompt length), routing summaries
+  routellm_sample_routing.{png,json}   GPT-4 vs Mixtral cost–quality curve
+  llmrouter_sample_routing.{png,json}  nemotron-49B vs llama-3.1-8B cost–quality curve
+  confusion.png                     task confusion matrix on the dev split (from metrics.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from locus_llm.analysis.classifier import RouterClassifier, packaged_model_dir
+from locus_llm.analysis.train import (
+    DEFAULT_SHARED_DATA,
+    SHARED_DATA_ENV,
+    difficulty_label,
+    roc_auc,
+    split_models,
+)
+from locus_llm.evaluation import evaluate_routing, length_scores
+
+ROUTELLM = ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")
+LLMROUTER = ("llama-3.3-nemotron-super-49b-v1", "llama-3.1-8b-instruct")
+
+
+def strong_needed_auc(model: RouterClassifier, path: Path) -> dict[str, object]:
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+    small, strong = split_models(rows[0]["scores"])
+    labels = np.array([difficulty_label(r["scores"], small, strong) >= 0.5 for r in rows])
+    prompts = [r["prompt"] for r in rows]
+    difficulty = np.array([model.classify(p).difficulty for p in prompts])
+    per_task = {}
+    for task in sorted({r["task_name"] for r in rows}):
+        mask = np.array([r["task_name"] == task for r in rows])
+        per_task[task] = {
+            "rows": int(mask.sum()),
+            "strong_needed_rate": round(float(labels[mask].mean()), 3),
+            "mean_difficulty": round(float(difficulty[mask].mean()), 3),
+        }
+    return {
+        "rows": len(rows),
+        "positives": int(labels.sum()),
+        "label": "mean over 7-9B models of max(0, best 49-70B score - model score) >= 0.5",
+        "auc_difficulty": round(roc_auc(labels, difficulty), 4),
+        "auc_length": round(roc_auc(labels, length_scores(prompts)), 4),
+        "per_task": per_task,
+    }
+
+
+def plot_confusion(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = metrics["tasks"]
+    matrix = np.array(metrics["task_dev"]["confusion"], dtype=float)
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(6.4, 5.4), dpi=110)
+    axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            if matrix[i, j]:
+                color = "white" if share[i, j] > 0.5 else "black"
+                axes.text(
+                    j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color
+                )
+    axes.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(tasks)), tasks, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    f1 = metrics["task_dev"]["macro_f1"]
+    axes.set_title(f"task type, dev split (macro-F1 {f1:.3f})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", help="model directory (default: the packaged one)")
+    parser.add_argument("--data", default=os.environ.get(SHARED_DATA_ENV, DEFAULT_SHARED_DATA))
+    parser.add_argument("--out", help="output directory (default: the model directory)")
+    args = parser.parse_args()
+
+    model_dir = Path(args.model) if args.model else packaged_model_dir()
+    out = Path(args.out) if args.out else model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    samples = Path(args.data) / "router_eval_sample"
+    model = RouterClassifier.load(model_dir)
+
+    report: dict[str, object] = {
+        "llmrouter_strong_needed": strong_needed_auc(model, samples / "llmrouter_sample.jsonl")
+    }
+    for name, (strong, weak) in (("routellm_sample", ROUTELLM), ("llmrouter_sample", LLMROUTER)):
+        summary = evaluate_routing(samples / f"{name}.jsonl", strong, weak, out, model_dir)
+        report[name] = {
+            k: summary[k]
+            for k in ("strong", "weak", "strong_quality", "weak_quality", "routers", "table")
+        }
+    metrics_file = model_dir / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        if "task_dev" in metrics:
+            plot_confusion(metrics, out / "confusion.png")
+    (out / "difficulty_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    auc = report["llmrouter_strong_needed"]
+    print(
+        f"llmrouter_sample strong-needed AUC: difficulty {auc['auc_difficulty']}, "  # type: ignore[index]
+        f"length {auc['auc_length']}"
+    )  # type: ignore[index]
+    for name in ("routellm_sample", "llmrouter_sample"):
+        for router, numbers in report[name]["routers"].items():  # type: ignore[index]
+            print(f"{name:17s} {router:10s} " + "  ".join(f"{k}={v}" for k, v in numbers.items()))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
