@@ -176,10 +176,11 @@ def policy_refusal(router: Any, locus: str, prompt: str) -> str | None:
     detail = f"denied by policy for a {decision.profile.data_class.name} prompt: " + "; ".join(
         reasons
     )
-    if decision.profile.errors:  # say when the class comes from failed analysis, not the prompt
+    if "analysis_failed" in decision.profile.flags:  # the class came from a failure, not the text
+        failures = [e for e in decision.profile.errors if e.startswith("sensitivity")]
         detail += (
-            " (analysis failed, so the prompt is treated as RESTRICTED: "
-            + "; ".join(decision.profile.errors)
+            " (sensitivity analysis failed, so every prompt is treated as RESTRICTED: "
+            + "; ".join(failures or decision.profile.errors)
             + ")"
         )
     return detail
