@@ -164,6 +164,9 @@ class PolicyEngine:
             self._bundle = bundle
 
     def evaluate(self, policy_input: dict[str, Any]) -> PolicyDecision:
+        if not isinstance(policy_input, dict) or not isinstance(policy_input.get("loci"), dict):
+            raise PolicyError("policy input must be an object whose 'loci' is an object of "
+                              "locus name -> attributes")
         self.check_reload()
         bundle = self._bundle  # one reference for the whole evaluation: never half a bundle
         raw = self.evaluate_raw(policy_input, DECISION_RULE, bundle)
@@ -174,7 +177,11 @@ class PolicyEngine:
         bundle = bundle or self._bundle
         engine = self._thread_engine(bundle)
         try:
-            engine.set_input_json(json.dumps(policy_input))
+            text = json.dumps(policy_input)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"policy input is not JSON: {exc}") from None
+        try:
+            engine.set_input_json(text)
             result = engine.eval_rule_as_json(rule)
         except Exception as exc:
             raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
