@@ -308,21 +308,32 @@ class OnnxChatModel:
         yield Delta(pending, finish_reason=finish, usage=usage)
 
     def _step(
-        self, tokens: list[int], position: int, cache: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self, tokens: list[int], position: int, cache: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """One forward pass. The cache stays in onnxruntime's own buffers (OrtValue) between
+        steps: handing it back and forth as numpy would copy every layer's keys and values."""
+        import onnxruntime as ort
+
         total = position + len(tokens)
-        feed: dict[str, np.ndarray] = {"input_ids": np.array([tokens], dtype=np.int64)}
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=np.int64))
         if "attention_mask" in self._inputs:
-            feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
+            binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         if "position_ids" in self._inputs:
-            feed["position_ids"] = np.arange(position, total, dtype=np.int64)[None]
-        feed.update(cache)
-        outputs = self.session.run(self._output_names, feed)
-        logits = outputs[0][0, -1]
+            binding.bind_cpu_input("position_ids", np.arange(position, total, dtype=np.int64)[None])
+        for name, value in cache.items():
+            if isinstance(value, np.ndarray):
+                value = ort.OrtValue.ortvalue_from_numpy(value)
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()[0, -1]
         cache = dict(zip(self._past_names, outputs[1:], strict=True))
         return logits.astype(np.float32, copy=False), cache
 
-    def _empty_cache(self) -> dict[str, np.ndarray]:
+    def _empty_cache(self) -> dict[str, Any]:
         return {
             name: np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_dtype)
             for name in self._past_names

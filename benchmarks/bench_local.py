@@ -1,0 +1,146 @@
+"""Benchmark of the local ONNX locus: SmolLM2-135M (int4 by default) on this machine's CPU.
+
+Figures (targets from issue 5): conversion time (≤ 60 s), time to first token for a 50-token
+prompt (≤ 150 ms), decode speed (≥ 100 tokens/s), resident memory of a process serving the model
+(≤ 400 MB). The runtime figures come from a fresh subprocess, so the converter's memory does not
+count. Every timing is given as wall time and as this process's CPU time, with the load average:
+on a shared machine the wall time includes waiting for a core, the CPU time does not.
+
+    python benchmarks/bench_local.py [--quant int4] [--threads 2] [--tokens 128] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT_TOKENS = 50
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process, in MB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def measure_runtime(folder: Path, threads: int, tokens: int, runs: int) -> dict[str, Any]:
+    """TTFT, decode speed and memory of one model folder (run in a fresh process)."""
+    from locus_llm.local.runtime import OnnxChatModel
+
+    started = time.perf_counter()
+    model = OnnxChatModel(folder, threads=threads)
+    load_s = time.perf_counter() - started
+    model.eos_token_ids = frozenset()  # decode a fixed number of tokens
+    text = "Write a long, detailed story about a lighthouse keeper and a storm at sea. " * 8
+    prompt = model.tokenizer.encode(text, add_special_tokens=False).ids[:PROMPT_TOKENS]
+    list(model.stream_tokens(prompt, max_tokens=4))  # warm-up
+
+    ttft_wall, ttft_cpu, decode_wall, decode_cpu = [], [], [], []
+    for _ in range(runs):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        stream = model.stream_tokens(prompt, max_tokens=tokens)
+        next(stream)
+        ttft_wall.append(time.perf_counter() - wall0)
+        ttft_cpu.append(time.process_time() - cpu0)
+        wall1, cpu1 = time.perf_counter(), time.process_time()
+        rest = list(stream)
+        generated = rest[-1].usage["completion_tokens"] if rest[-1].usage else tokens
+        decode_wall.append((time.perf_counter() - wall1) / (generated - 1))
+        decode_cpu.append((time.process_time() - cpu1) / (generated - 1))
+    current, peak = rss_mb()
+    return {
+        "threads": threads,
+        "load_s": round(load_s, 2),
+        "prompt_tokens": len(prompt),
+        "generated_tokens": tokens,
+        "ttft_ms_wall": round(statistics.median(ttft_wall) * 1000, 1),
+        "ttft_ms_cpu": round(statistics.median(ttft_cpu) * 1000, 1),
+        "decode_ms_per_token_wall": round(statistics.median(decode_wall) * 1000, 2),
+        "decode_ms_per_token_cpu": round(statistics.median(decode_cpu) * 1000, 2),
+        "decode_tokens_per_s_wall": round(1 / statistics.median(decode_wall), 1),
+        "rss_mb": round(current, 1),
+        "peak_rss_mb": round(peak, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quant", choices=["int4", "int8", "fp32"], default="int4")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runtime-only", metavar="FOLDER", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runtime_only:
+        figures = measure_runtime(Path(args.runtime_only), args.threads, args.tokens, args.runs)
+        print(json.dumps(figures))
+        return 0
+
+    from locus_llm.local import models
+    from locus_llm.local.converter import convert_gguf
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="locus-bench-") as scratch:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        convert_gguf(models.default_gguf(), scratch, quant=args.quant, name="smollm2")
+        conversion = {
+            "conversion_s_wall": round(time.perf_counter() - wall0, 1),
+            "conversion_s_cpu": round(time.process_time() - cpu0, 1),
+            "model_mb_on_disk": round(
+                sum(f.stat().st_size for f in Path(scratch).iterdir()) / 1e6, 1
+            ),
+        }
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--runtime-only",
+                scratch,
+                "--threads",
+                str(args.threads),
+                "--tokens",
+                str(args.tokens),
+                "--runs",
+                str(args.runs),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    runtime = json.loads(child.stdout.strip().splitlines()[-1])
+    load_after = os.getloadavg()
+    report = {
+        "model": "SmolLM2-135M-Instruct",
+        "quant": args.quant,
+        **conversion,
+        **runtime,
+        "load_average_before": load_before[0],
+        "load_average_after": load_after[0],
+        "cpus": os.cpu_count(),
+    }
+    targets = [
+        ("conversion ≤ 60 s", report["conversion_s_wall"] <= 60),
+        ("TTFT ≤ 150 ms (50-token prompt)", report["ttft_ms_wall"] <= 150),
+        ("decode ≥ 100 tokens/s", report["decode_tokens_per_s_wall"] >= 100),
+        ("RSS ≤ 400 MB", report["peak_rss_mb"] <= 400),
+    ]
+    for key, value in report.items():
+        print(f"{key:28} {value}")
+    for name, met in targets:
+        print(f"{'met' if met else 'NOT met':8} {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
