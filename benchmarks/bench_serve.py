@@ -3,26 +3,28 @@
 Target (issue 5): through `locus serve` and LiteLLM's `hosted_vllm/` provider, the HTTP path adds
 at most 2 ms per request over calling the runtime directly.
 
-One run measures, with the same prompts, greedy decoding and a small max_tokens, one request at a
-time, the paths interleaved round by round (so that load from other processes hits all alike):
+Part 1, the real model: the same prompts, greedy, a small max_tokens, one request at a time, the
+paths interleaved round by round (so that load from other processes hits all alike):
   direct          `model.stream_chat(...)` in this process (the baseline)
   litellm-local   `litellm.completion("locus-onnx/smollm2")`: LiteLLM's own cost, no HTTP
   http            httpx (keep-alive) → `locus serve` in a child process
   litellm-http    `litellm.completion("hosted_vllm/smollm2", api_base=...)` → `locus serve`
-Every path must return the direct text, or the run stops: the work must be the same.
+Every path must return the direct text, or the run stops: the work must be the same. "Added" is
+measured per request: the request's total time minus the runtime's own time in that same request
+(timed around `stream_chat` in this process, or reported by the server in its `Server-Timing:
+generation;dur=...` header). The model's time swings with the load on a shared machine by far
+more than 2 ms; subtracting it request by request leaves the cost of the path.
 
-"Added" is measured per request: the request's total time minus the runtime's own time in that
-same request (timed around `stream_chat` in this process, or reported by the server in its
-`Server-Timing: generation;dur=...` header). The model's time swings with the load on a shared
-machine far more than 2 ms; subtracting it request by request leaves only the cost of the path.
-The ratio column is per request too: total / runtime time.
+Part 2, the path alone: the same server code in a child process serving a model that costs
+nothing (it echoes words), so each request's whole time is the path's, streamed or not.
 
-    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_serve.py [--rounds 40]
+    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_serve.py [--rounds 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -31,11 +33,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import httpx  # noqa: E402
+
+from locus_llm.local.base import Delta  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -46,39 +50,64 @@ PROMPTS = [
 ]
 TARGET_ADDED_MS = 2.0
 Timings = dict[str, list[tuple[float, float]]]  # path → [(total ms, runtime ms)] per request
+Path = Callable[[list[dict[str, str]]], tuple[str, float]]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--rounds", type=int, default=40, help="passes over the prompts")
+    parser.add_argument("--rounds", type=int, default=30, help="passes over the prompts (part 1)")
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--path-rounds", type=int, default=60, help="passes in part 2")
+    parser.add_argument("--serve-zero-cost", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_zero_cost:  # the child process of part 2
+        from locus_llm.server import serve
+
+        serve({"zero-cost": ZeroCostModel()}, port=args.serve_zero_cost)
+        return 0
 
     from locus_llm.local.models import load, prepare_default
 
     if args.model == "smollm2":
         prepare_default()
     model = load(args.model)
-    port = _free_port()
-    command = [sys.executable, "-m", "locus_llm.cli", "serve", "--port", str(port)]
-    # a file, not a pipe: a pipe nobody reads could fill up and stall the server
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [*command, "--model", args.model], stdout=log, stderr=subprocess.STDOUT, text=True
-        )
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            _wait_until_up(base_url, server, log)
-            results = _measure(model, args.model, base_url, args.rounds, args.max_tokens)
-        finally:
-            server.terminate()
-            server.wait(15)
-    _report(results, args)
+    load_before = os.getloadavg()[0]
+    serve_real = [sys.executable, "-m", "locus_llm.cli", "serve", "--model", args.model]
+    serve_zero = [sys.executable, __file__, "--serve-zero-cost"]
+    with _server(serve_real, "--port") as real_url, _server(serve_zero, "") as zero_url:
+        real = _measure_real(model, args.model, real_url, args.rounds, args.max_tokens)
+        path = _measure_path(zero_url, args.path_rounds, args.max_tokens)
+    print(
+        f"model {args.model}, max_tokens {args.max_tokens}, {len(PROMPTS)} prompts; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
+        f"{load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    _report(real, path, args)
     return 0
 
 
-def _measure(model: Any, name: str, base_url: str, rounds: int, max_tokens: int) -> Timings:
+class ZeroCostModel:
+    """A ChatModel that costs nothing: it echoes the prompt's words, `max_tokens` of them."""
+
+    name = "zero-cost"
+    context_window = 4096
+
+    def stream_chat(
+        self, messages: list[dict[str, Any]], *, max_tokens: int = 256, **options: Any
+    ) -> Iterator[Delta]:
+        words = str(messages[-1]["content"]).split()[:max_tokens]
+        for word in words:
+            yield Delta(word + " ")
+        usage = {"prompt_tokens": 10, "completion_tokens": len(words)}
+        usage["total_tokens"] = 10 + len(words)
+        yield Delta("", finish_reason="length", usage=usage)
+
+
+# --- part 1: the real model ------------------------------------------------------------------
+
+
+def _measure_real(model: Any, name: str, base_url: str, rounds: int, max_tokens: int) -> Timings:
     import litellm
 
     from locus_llm.local.provider import register
@@ -111,7 +140,7 @@ def _measure(model: Any, name: str, base_url: str, rounds: int, max_tokens: int)
         server_timing = headers["llm_provider-server-timing"]
         return response.choices[0].message.content, _server_generation_ms(server_timing)
 
-    paths: dict[str, Callable[[list[dict[str, str]]], tuple[str, float]]] = {
+    paths = {
         "direct": direct,
         "litellm-local": litellm_local,
         "http": http,
@@ -124,17 +153,7 @@ def _measure(model: Any, name: str, base_url: str, rounds: int, max_tokens: int)
             got = path(conversation)[0]
             if got != text:
                 raise SystemExit(f"{path.__name__} returned {got!r}, direct returned {text!r}")
-
-    timings: Timings = {name: [] for name in paths}
-    order = list(paths)
-    for round_number in range(rounds):
-        for conversation in conversations:
-            shift = round_number % len(order)
-            for path_name in order[shift:] + order[:shift]:  # rotate who goes first
-                started = time.perf_counter()
-                _, generation = paths[path_name](conversation)
-                total = (time.perf_counter() - started) * 1000
-                timings[path_name].append((total, generation))
+    timings = _interleave(paths, conversations, rounds)
     client.close()
     return timings
 
@@ -158,37 +177,123 @@ def _server_generation_ms(server_timing: str) -> float:
     return float(server_timing.split("dur=", 1)[1].split(",", 1)[0])
 
 
-def _report(timings: Timings, args: argparse.Namespace) -> None:
-    print(
-        f"model {args.model}, max_tokens {args.max_tokens}, {len(PROMPTS)} prompts x "
-        f"{args.rounds} rounds, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
-    )
-    print("added = total - the runtime's own time for that same request (per request)")
-    print(
-        f"{'path':14} {'total ms':>9} {'runtime ms':>10} {'added ms':>9} {'p90 added':>9} "
-        f"{'ratio':>6}"
-    )
-    for name, pairs in timings.items():
-        totals = [t for t, _ in pairs]
+# --- part 2: the path alone ------------------------------------------------------------------
+
+
+def _measure_path(base_url: str, rounds: int, max_tokens: int) -> Timings:
+    import litellm
+
+    client = httpx.Client(base_url=base_url, timeout=60)
+    model = ZeroCostModel()
+    params = {"max_tokens": max_tokens, "temperature": 0}
+    remote = {"model": "hosted_vllm/zero-cost", "api_base": base_url + "/v1", "api_key": "none"}
+
+    def direct(messages: list[dict[str, str]]) -> tuple[str, float]:
+        return "".join(d.text for d in model.stream_chat(messages, max_tokens=max_tokens)), 0.0
+
+    def http(messages: list[dict[str, str]]) -> tuple[str, float]:
+        body = {"model": "zero-cost", "messages": messages} | params
+        return client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"][
+            "content"
+        ], 0.0
+
+    def http_stream(messages: list[dict[str, str]]) -> tuple[str, float]:
+        body = {"model": "zero-cost", "messages": messages, "stream": True} | params
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            return "".join(response.iter_text()), 0.0
+
+    def litellm_http(messages: list[dict[str, str]]) -> tuple[str, float]:
+        response = litellm.completion(messages=messages, **remote, **params)
+        return response.choices[0].message.content, 0.0
+
+    def litellm_stream(messages: list[dict[str, str]]) -> tuple[str, float]:
+        stream = litellm.completion(messages=messages, stream=True, **remote, **params)
+        return "".join(c.choices[0].delta.content or "" for c in stream), 0.0
+
+    paths = {
+        "direct": direct,
+        "http": http,
+        "http-stream": http_stream,
+        "litellm-http": litellm_http,
+        "litellm-stream": litellm_stream,
+    }
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    for path in paths.values():
+        for conversation in conversations:
+            path(conversation)
+    timings = _interleave(paths, conversations, rounds)
+    client.close()
+    return timings
+
+
+# --- measuring and reporting -------------------------------------------------------------------
+
+
+def _interleave(
+    paths: dict[str, Path], conversations: list[list[dict[str, str]]], rounds: int
+) -> Timings:
+    """Each round, each conversation through every path, the order rotating round by round."""
+    timings: Timings = {name: [] for name in paths}
+    order = list(paths)
+    for round_number in range(rounds):
+        for conversation in conversations:
+            shift = round_number % len(order)
+            for name in order[shift:] + order[:shift]:
+                started = time.perf_counter()
+                _, runtime_ms = paths[name](conversation)
+                timings[name].append(((time.perf_counter() - started) * 1000, runtime_ms))
+    return timings
+
+
+def _report(real: Timings, path: Timings, args: argparse.Namespace) -> None:
+    print(f"\npart 1, {args.model}: {args.rounds} rounds; added = total - runtime, per request")
+    print(f"{'path':15} {'total ms':>9} {'runtime ms':>10} {'added ms':>9} {'p10':>7} {'p90':>7}")
+    for name, pairs in real.items():
         added = [t - g for t, g in pairs]
-        ratio = statistics.median(t / g for t, g in pairs)
+        deciles = statistics.quantiles(added, n=10)
         print(
-            f"{name:14} {statistics.median(totals):9.2f} "
+            f"{name:15} {statistics.median(t for t, _ in pairs):9.2f} "
             f"{statistics.median(g for _, g in pairs):10.2f} {statistics.median(added):9.2f} "
-            f"{statistics.quantiles(added, n=10)[-1]:9.2f} {ratio:6.3f}"
+            f"{deciles[0]:7.2f} {deciles[-1]:7.2f}"
         )
-    direct_total = statistics.median(t for t, _ in timings["direct"])
-    served_total = statistics.median(t for t, _ in timings["litellm-http"])
-    added = statistics.median(t - g for t, g in timings["litellm-http"])
-    server_added = statistics.median(t - g for t, g in timings["http"])
+    print(f"\npart 2, a zero-cost model: {args.path_rounds} rounds; the whole time is the path's")
+    print(f"{'path':15} {'median ms':>9} {'p10':>7} {'p90':>7}")
+    for name, pairs in path.items():
+        totals = [t for t, _ in pairs]
+        deciles = statistics.quantiles(totals, n=10)
+        print(f"{name:15} {statistics.median(totals):9.2f} {deciles[0]:7.2f} {deciles[-1]:7.2f}")
+
+    direct_total = statistics.median(t for t, _ in real["direct"])
+    served_total = statistics.median(t for t, _ in real["litellm-http"])
+    added = statistics.median(t - g for t, g in real["litellm-http"])
+    server_only = statistics.median(t - g for t, g in real["http"])
+    litellm_own = statistics.median(t - g for t, g in real["litellm-local"])
     verdict = "met" if added <= TARGET_ADDED_MS else "NOT met"
     print(
-        f"\nlocus serve + LiteLLM (hosted_vllm/) adds {added:.2f} ms per request over the runtime "
-        f"(target <= {TARGET_ADDED_MS:.0f} ms: {verdict}); the server and HTTP alone "
-        f"(httpx client) add {server_added:.2f} ms.\nmedian totals: direct {direct_total:.1f} ms, "
-        f"through the server {served_total:.1f} ms (ratio {served_total / direct_total:.3f}; "
-        "this one moves with the load on the machine)."
+        f"\nthrough locus serve + LiteLLM (hosted_vllm/): +{added:.2f} ms per request over the "
+        f"runtime (median; target <= {TARGET_ADDED_MS:.0f} ms: {verdict})\n"
+        f"  of which LiteLLM's own cost in process (locus-onnx/): {litellm_own:.2f} ms; "
+        f"locus serve + HTTP with an httpx client: {server_only:.2f} ms\n"
+        f"  median totals: direct {direct_total:.1f} ms, through the server {served_total:.1f} ms, "
+        f"ratio {served_total / direct_total:.3f} (this ratio moves with the load on the machine)"
     )
+
+
+@contextlib.contextmanager
+def _server(command: list[str], port_flag: str) -> Iterator[str]:
+    """Run a server command on a free port until the block ends; yields its base URL."""
+    port = _free_port()
+    argv = [*command, port_flag, str(port)] if port_flag else [*command, str(port)]
+    # a file, not a pipe: a pipe nobody reads could fill up and stall the server
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            _wait_until_up(base_url, server, log)
+            yield base_url
+        finally:
+            server.terminate()
+            server.wait(15)
 
 
 def _free_port() -> int:
@@ -197,18 +302,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_up(base_url: str, server: subprocess.Popen, log: IO[str]) -> None:
+def _wait_until_up(base_url: str, server: subprocess.Popen, log: Any) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
             log.seek(0)
-            raise SystemExit(f"locus serve exited:\n{log.read()}")
+            raise SystemExit(f"{server.args} exited:\n{log.read()}")
         try:
             if httpx.get(base_url + "/health", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise SystemExit("locus serve did not start within 120 s")
+    raise SystemExit(f"{server.args} did not start within 120 s")
 
 
 if __name__ == "__main__":
