@@ -115,7 +115,7 @@ def measure(
     rounds: int,
 ) -> Timings:
     """Paired timings in ms: each prompt through both models, order alternating by round."""
-    series = ("locus", "litellm", "decision", "locus_cpu", "litellm_cpu")
+    series = ("locus", "litellm", "decision", "locus_cpu", "litellm_cpu", "decision_cpu")
     times: Timings = {k: [[] for _ in PROMPTS] for k in series}
     for i in range(rounds):
         for p, prompt in enumerate(PROMPTS):
@@ -131,6 +131,9 @@ def measure(
                     )
                 if ANSWER not in reply.text:
                     raise AssertionError(f"{name} returned {reply.text!r}")
+            cpu = time.thread_time()  # the same decision again, alone, for its CPU time
+            router.route([{"role": "user", "content": prompt}], max_tokens=64)
+            times["decision_cpu"][p].append((time.thread_time() - cpu) * 1000)
     return times
 
 
