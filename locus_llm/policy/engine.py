@@ -51,8 +51,8 @@ class PolicyDecision:
 class Bundle:
     """A loaded, validated bundle as sources. Immutable: reload swaps the whole object.
 
-    It holds no regorus Engine: engines are "unsendable" (bound to the thread that made them,
-    and panicking if dropped on another), so each thread compiles its own from these sources.
+    It holds no regorus object: those are "unsendable" (bound to the thread that made them, and
+    panicking if used or dropped on another), so each thread compiles its own from these sources.
     """
 
     modules: tuple[tuple[str, str], ...]  # (path, Rego source)
@@ -73,6 +73,18 @@ class Bundle:
         except Exception as exc:
             raise PolicyError(f"policy data: {_regorus_message(exc)}") from None
         return engine
+
+    def decision_vm(self) -> regorus.Rvm:
+        """The decision rule compiled for regorus's VM: about 2.5x faster than the interpreter."""
+        try:
+            program = regorus.Program.compile_from_modules(self.data_json, list(self.modules),
+                                                           [DECISION_RULE])
+        except Exception as exc:
+            raise PolicyError(f"policy error in {_regorus_message(exc)}") from None
+        vm = regorus.Rvm()
+        vm.load_program(program)
+        vm.set_data_json(self.data_json)
+        return vm
 
 
 def bundle_files(folder: Path, *, tests: bool = False) -> list[Path]:
@@ -112,7 +124,8 @@ def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
     digest.update(b"data\0" + data_json.encode())
     bundle = Bundle(modules, data_json, digest.hexdigest()[:16], printed,
                     tuple(p.name for p in files))
-    bundle.compile()  # validation: the engine itself is dropped here, on this thread
+    bundle.compile()  # validation: engine and VM are dropped here, on this thread
+    bundle.decision_vm()
     return bundle
 
 
@@ -169,19 +182,25 @@ class PolicyEngine:
                               "locus name -> attributes")
         self.check_reload()
         bundle = self._bundle  # one reference for the whole evaluation: never half a bundle
-        raw = self.evaluate_raw(policy_input, DECISION_RULE, bundle)
-        return parse_decision(raw, set(policy_input.get("loci", {})), bundle.revision)
+        text = _input_json(policy_input)
+        vm = self._thread_vm(bundle)
+        try:
+            vm.set_input_json(text)
+            result = vm.execute()
+        except Exception as exc:
+            raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
+        raw = json.loads(result)
+        if raw == "<undefined>":
+            raise PolicyError(f"{DECISION_RULE} is undefined for this input "
+                              f"(revision {bundle.revision})")
+        return parse_decision(raw, set(policy_input["loci"]), bundle.revision)
 
-    def evaluate_raw(self, policy_input: dict[str, Any], rule: str,
-                     bundle: Bundle | None = None) -> Any:
-        bundle = bundle or self._bundle
-        engine = self._thread_engine(bundle)
+    def evaluate_raw(self, policy_input: dict[str, Any], rule: str) -> Any:
+        """Any rule of the bundle, through the interpreter (slower; for tools and tests)."""
+        bundle = self._bundle
+        engine = bundle.compile()
         try:
-            text = json.dumps(policy_input)
-        except (TypeError, ValueError) as exc:
-            raise PolicyError(f"policy input is not JSON: {exc}") from None
-        try:
-            engine.set_input_json(text)
+            engine.set_input_json(_input_json(policy_input))
             result = engine.eval_rule_as_json(rule)
         except Exception as exc:
             raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
@@ -190,14 +209,21 @@ class PolicyEngine:
             raise PolicyError(f"{rule} is undefined for this input (revision {bundle.revision})")
         return value
 
-    def _thread_engine(self, bundle: Bundle) -> regorus.Engine:
-        # An engine holds its input between set and eval and is bound to its thread: one per
-        # thread, recompiled when the revision changes.
+    def _thread_vm(self, bundle: Bundle) -> regorus.Rvm:
+        # regorus objects are bound to the thread that made them, and a VM holds its input
+        # between set and execute: one VM per thread, rebuilt when the revision changes.
         local = self._local
         if getattr(local, "bundle", None) is not bundle:
-            local.engine = bundle.compile()
+            local.vm = bundle.decision_vm()
             local.bundle = bundle
-        return local.engine
+        return local.vm
+
+
+def _input_json(policy_input: dict[str, Any]) -> str:
+    try:
+        return json.dumps(policy_input)
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(f"policy input is not JSON: {exc}") from None
 
 
 def parse_decision(raw: Any, loci: set[str], revision: str) -> PolicyDecision:
