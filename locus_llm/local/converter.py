@@ -30,12 +30,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from locus_llm.errors import LocusError
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 QUANTS = ("int4", "int8", "fp32")
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 BLOCK_SIZE = 32
 # int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
 ACCURACY_LEVEL = 4
+# Bit widths quantised symmetrically (no zero points: onnxruntime's fastest kernels).
+SYMMETRIC_BITS: tuple[int, ...] = (8,)
 
 # Pre-tokenisation regexes of the byte-level BPE vocabularies, keyed by llama.cpp's `tokenizer.ggml.pre`.
 _LLAMA3_SPLIT = (
@@ -301,6 +303,64 @@ def _unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+@dataclass(frozen=True)
+class Blocks4:
+    """A GGUF Q4_0/Q4_1 matrix as its own 4-bit codes: x = d * q + m (Q4_0: m = -8 d).
+
+    Kept exactly instead of re-quantising the dequantised values, which would add a second
+    rounding (a per-block offset of up to half a step) on top of the file's own.
+    """
+
+    q: np.ndarray  # [N, blocks, 32] uint8 in 0..15
+    d: np.ndarray  # [N, blocks] float32
+    m: np.ndarray  # [N, blocks] float32
+
+    def rows(self, transform: Callable[[np.ndarray], np.ndarray]) -> Blocks4:
+        """Apply a row permutation (given for [N, cols] arrays) to every field."""
+        n, blocks, size = self.q.shape
+        q = transform(self.q.reshape(n, blocks * size)).reshape(n, blocks, size)
+        return Blocks4(q, transform(self.d), transform(self.m))
+
+    @staticmethod
+    def concat(parts: list[Blocks4]) -> Blocks4:
+        return Blocks4(*(np.concatenate([getattr(b, f) for b in parts]) for f in ("q", "d", "m")))
+
+
+def _load_blocks4(tensors: dict[str, Any], name: str) -> Blocks4 | None:
+    """The 4-bit codes of a Q4_0/Q4_1 tensor (None for any other type)."""
+    t = tensors.get(name)
+    if t is None or t.tensor_type not in (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1):
+        return None
+    has_min = t.tensor_type == GGMLQuantizationType.Q4_1
+    block_bytes = 20 if has_min else 18
+    raw = np.asarray(t.data, dtype=np.uint8)
+    raw = raw.reshape(raw.shape[0], -1, block_bytes)
+    d = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if has_min else -8 * d
+    codes = raw[..., 4:] if has_min else raw[..., 2:]
+    q = np.concatenate([codes & 0x0F, codes >> 4], axis=-1)  # ggml: low nibbles first half
+    return Blocks4(q, d, m)
+
+
+def quantize_symmetric(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric round-to-nearest blocks along K (MatMulNBits's implicit zero point 2^(bits-1)).
+
+    Returns (B [N, blocks, BLOCK_SIZE*bits/8] uint8, scales [N*blocks] float32).
+    """
+    n, k = weight.shape
+    pad = (-k) % BLOCK_SIZE
+    if pad:
+        weight = np.pad(weight, ((0, 0), (0, pad)))
+    blocks = weight.reshape(n, -1, BLOCK_SIZE)
+    middle = 1 << (bits - 1)
+    scale = np.abs(blocks).max(axis=-1) / (middle - 1)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(blocks / scale[..., None]) + middle, 0, (1 << bits) - 1).astype(np.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return np.ascontiguousarray(q), scale.reshape(-1)
+
+
 def quantize_blockwise(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric round-to-nearest blocks along K, in MatMulNBits's layout.
 
@@ -360,8 +420,9 @@ class _Graph:
         bias: np.ndarray | None = None,
         *,
         min_bits: int = 4,
+        blocks: Blocks4 | None = None,
     ) -> str:
-        """x @ weight.T (+ bias), weight [N, K] as stored in GGUF."""
+        """x @ weight.T (+ bias), weight [N, K] as stored in GGUF (`blocks`: its 4-bit codes)."""
         n, k = weight.shape
         if self.quant == "fp32":
             (y,) = self.op("MatMul", [x, self.const(stem, np.ascontiguousarray(weight.T))])
@@ -369,13 +430,21 @@ class _Graph:
                 (y,) = self.op("Add", [y, self.const(stem + "_bias", bias.astype(np.float32))])
             return y
         bits = max(4 if self.quant == "int4" else 8, min_bits)
-        packed, scales, zero_points = quantize_blockwise(weight, bits)
-        inputs = [
-            x,
-            self.const(stem + "_q", packed),
-            self.const(stem + "_scales", scales),
-            self.const(stem + "_zp", zero_points),
-        ]
+        if bits == 4 and blocks is not None and bias is None and k % BLOCK_SIZE == 0:
+            return self._linear_blocks4(x, blocks, stem)
+        if bits in SYMMETRIC_BITS:
+            packed, scales = quantize_symmetric(weight, bits)
+            inputs = [x, self.const(stem + "_q", packed), self.const(stem + "_scales", scales)]
+        else:
+            packed, scales, zero_points = quantize_blockwise(weight, bits)
+            inputs = [
+                x,
+                self.const(stem + "_q", packed),
+                self.const(stem + "_scales", scales),
+                self.const(stem + "_zp", zero_points),
+            ]
+        if bias is not None and len(inputs) == 3:
+            inputs.append("")
         if bias is not None:
             inputs += ["", self.const(stem + "_bias", bias.astype(np.float32))]
         (y,) = self.op(
@@ -388,6 +457,40 @@ class _Graph:
             block_size=BLOCK_SIZE,
             accuracy_level=ACCURACY_LEVEL,
         )
+        return y
+
+    def _linear_blocks4(self, x: str, blocks: Blocks4, stem: str) -> str:
+        """Exact GGUF 4-bit weights: x·(d(q-8))ᵀ by MatMulNBits, plus x·(m+8d)ᵀ per block.
+
+        The second term is the sum of x over each 32-wide block times a small [blocks, N]
+        matrix: a few cheap ops in place of zero points, which the fast kernels lack.
+        """
+        n, n_blocks, size = blocks.q.shape
+        packed = blocks.q[..., 0::2] | (blocks.q[..., 1::2] << 4)
+        (y,) = self.op(
+            "MatMulNBits",
+            [
+                x,
+                self.const(stem + "_q", np.ascontiguousarray(packed)),
+                self.const(stem + "_scales", blocks.d.reshape(-1)),
+            ],
+            domain="com.microsoft",
+            K=n_blocks * size,
+            N=n,
+            bits=4,
+            block_size=BLOCK_SIZE,
+            accuracy_level=ACCURACY_LEVEL,
+        )
+        offsets = (blocks.m + 8 * blocks.d).T.astype(np.float32)
+        if not np.any(offsets):  # Q4_0: nothing to add
+            return y
+        shape = self.const("block_shape", np.array([0, 0, n_blocks, size], dtype=np.int64))
+        (sums,) = self.op("Reshape", [x, shape])
+        (sums,) = self.op(
+            "ReduceSum", [sums, self.const("axes", np.array([-1], dtype=np.int64))], keepdims=0
+        )
+        (correction,) = self.op("MatMul", [sums, self.const(stem + "_offsets", offsets)])
+        (y,) = self.op("Add", [y, correction])
         return y
 
 
@@ -432,6 +535,13 @@ def _build_graph(
     (mask_shape,) = g.op("Concat", [one, one, query_len, one], axis=0)
     (mask,) = g.op("Expand", [mask, mask_shape])
 
+    exact = quant == "int4"
+
+    def codes(*names: str) -> Blocks4 | None:
+        """The 4-bit codes of these tensors, stacked (None unless all are Q4_0/Q4_1)."""
+        parts = [_load_blocks4(tensors, n) for n in names] if exact else [None]
+        return Blocks4.concat(parts) if all(b is not None for b in parts) else None
+
     for i in range(p.n_layers):
         blk = f"blk.{i}"
         (h,) = g.op(
@@ -440,13 +550,27 @@ def _build_graph(
             epsilon=p.rms_eps,
             axis=-1,
         )
+        qkv_codes = codes(f"{blk}.attn_q.weight", f"{blk}.attn_k.weight", f"{blk}.attn_v.weight")
+        if qkv_codes is not None and permuted:
+            q_rows, k_rows = slice(0, q_dim), slice(q_dim, q_dim + kv_dim)
+            qkv_codes = Blocks4.concat(
+                [
+                    Blocks4(qkv_codes.q[q_rows], qkv_codes.d[q_rows], qkv_codes.m[q_rows]).rows(
+                        lambda a: _unpermute(a, p.n_heads)
+                    ),
+                    Blocks4(qkv_codes.q[k_rows], qkv_codes.d[k_rows], qkv_codes.m[k_rows]).rows(
+                        lambda a: _unpermute(a, p.n_kv_heads)
+                    ),
+                    Blocks4(*(getattr(qkv_codes, f)[q_dim + kv_dim :] for f in ("q", "d", "m"))),
+                ]
+            )
         wq, wk = load(f"{blk}.attn_q.weight"), load(f"{blk}.attn_k.weight")
         if permuted:
             wq, wk = _unpermute(wq, p.n_heads), _unpermute(wk, p.n_kv_heads)
         wqkv = np.concatenate([wq, wk, load(f"{blk}.attn_v.weight")], axis=0)
         biases = [bias(f"{blk}.attn_{n}.bias") for n in "qkv"]
         bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
-        qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv)
+        qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv, blocks=qkv_codes)
         q, k, v = g.op(
             "Split",
             [qkv, g.const("split", np.array([q_dim, kv_dim, kv_dim], dtype=np.int64))],
@@ -475,7 +599,12 @@ def _build_graph(
             is_causal=1,
             scale=1.0 / math.sqrt(p.head_dim),
         )
-        o = g.linear(attn, load(f"{blk}.attn_output.weight"), f"{blk}.attn_output")
+        o = g.linear(
+            attn,
+            load(f"{blk}.attn_output.weight"),
+            f"{blk}.attn_output",
+            blocks=codes(f"{blk}.attn_output.weight"),
+        )
         (x,) = g.op("Add", [x, o])
         (h,) = g.op(
             "RMSNormalization",
@@ -484,7 +613,12 @@ def _build_graph(
             axis=-1,
         )
         gate_up = np.concatenate([load(f"{blk}.ffn_gate.weight"), load(f"{blk}.ffn_up.weight")])
-        gu = g.linear(h, gate_up, f"{blk}.ffn_gate_up")
+        gu = g.linear(
+            h,
+            gate_up,
+            f"{blk}.ffn_gate_up",
+            blocks=codes(f"{blk}.ffn_gate.weight", f"{blk}.ffn_up.weight"),
+        )
         gate, up = g.op(
             "Split",
             [gu, g.const("split", np.array([p.intermediate, p.intermediate], dtype=np.int64))],
@@ -494,7 +628,12 @@ def _build_graph(
         (act,) = g.op("Sigmoid", [gate])
         (act,) = g.op("Mul", [gate, act])
         (act,) = g.op("Mul", [act, up])
-        d = g.linear(act, load(f"{blk}.ffn_down.weight"), f"{blk}.ffn_down")
+        d = g.linear(
+            act,
+            load(f"{blk}.ffn_down.weight"),
+            f"{blk}.ffn_down",
+            blocks=codes(f"{blk}.ffn_down.weight"),
+        )
         (x,) = g.op("Add", [x, d])
 
     (x,) = g.op(
