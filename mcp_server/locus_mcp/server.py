@@ -357,8 +357,8 @@ def _add_resources(server: MCPServer, service: LocusService) -> None:
 
 # --- logging ------------------------------------------------------------------------------------
 
-# Per client session: the level set with logging/setLevel (handshake-era protocol versions).
-_session_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+# Per client connection: the level set with logging/setLevel (handshake-era protocol versions).
+_levels_by_connection: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _add_logging(server: MCPServer) -> None:
@@ -366,7 +366,7 @@ def _add_logging(server: MCPServer) -> None:
     low-level server it wraps (the SDK's documented extension point for request handlers)."""
 
     async def set_level(ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        _session_levels[ctx.session] = params.level
+        _levels_by_connection[_connection(ctx.session)] = params.level
         return EmptyResult()
 
     server._lowlevel_server.add_request_handler(
@@ -374,11 +374,16 @@ def _add_logging(server: MCPServer) -> None:
     )
 
 
+def _connection(session: Any) -> Any:
+    """The client connection behind a request's session (sessions are per request in SDK 2.x;
+    the connection has no public accessor yet)."""
+    return getattr(session, "_connection", session)
+
+
 async def _log(ctx: Context, level: str, data: Any) -> None:
     """A log notification to the client, if its level lets this one through."""
     try:
-        session = ctx.request_context.session
-        threshold = _session_levels.get(session, "info")
+        threshold = _levels_by_connection.get(_connection(ctx.request_context.session), "info")
         if LOG_LEVELS.index(level) < LOG_LEVELS.index(threshold):
             return
         with warnings.catch_warnings():
