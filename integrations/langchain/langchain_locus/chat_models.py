@@ -14,6 +14,7 @@ format and back; where a call runs (device, on-prem or cloud) is decided by `Rou
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import cache
 from operator import itemgetter
@@ -71,19 +72,21 @@ PIN_KEYS = ("locus", "model")
 
 @cache
 def shared_router(path: str) -> Router:
-    """One Router per config file in a process: models built from the same file share its
-    circuit breakers, latency measurements and policy engine."""
-    return Router.from_file(path)
+    """One Router per config file in a process ("" for the default): models built from the same
+    file share its analyzer, circuit breakers, latency measurements and policy engine."""
+    return Router.from_file(path) if path else Router.default()
 
 
 def build_router(config: str | Path | LocusConfig | dict[str, Any] | None) -> Router:
-    if config is None:
-        return Router.default()
+    """A Router for a config path, LocusConfig or dict; None means LOCUS_CONFIG, else the embedded
+    on-device default."""
     if isinstance(config, LocusConfig):
         return Router(config)
     if isinstance(config, dict):
         return Router(config_from_dict(config))
-    return shared_router(str(Path(config).expanduser().resolve()))
+    if config is None:
+        config = os.environ.get("LOCUS_CONFIG", "")
+    return shared_router(str(Path(config).expanduser().resolve()) if config else "")
 
 
 def routing_context(

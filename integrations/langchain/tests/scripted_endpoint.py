@@ -28,8 +28,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,6 +39,7 @@ from starlette.routing import Route
 
 from locus_llm.server import ServerThread
 
+CLOUD_KEY_ENV = "LOCUS_SCRIPTED_TEST_CLOUD_KEY"  # cloud loci name it; tests set it
 QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -255,3 +258,39 @@ def scripted_endpoint() -> Iterator[tuple[str, ScriptedEndpoint]]:
     endpoint = ScriptedEndpoint()
     with ServerThread(endpoint.app) as base_url:
         yield base_url, endpoint
+
+
+# --- locus configs pointing at the endpoint -----------------------------------------------
+
+
+def locus(name: str, zone: str, base_url: str, **overrides: Any) -> dict[str, Any]:
+    """A locus on the scripted endpoint; the model string names the locus, as vLLM's would."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "zone": zone,
+        "model": f"hosted_vllm/scripted-{name}",
+        "api_base": base_url + "/v1",
+        "capability": {"device": 1, "onprem": 3, "cloud": 6}[zone],
+        "context_window": 32768,
+        "usd_per_mtok_in": {"device": 0.0, "onprem": 0.2, "cloud": 2.5}[zone],
+        "usd_per_mtok_out": {"device": 0.0, "onprem": 0.2, "cloud": 10.0}[zone],
+        "timeout_s": 10.0,
+        "max_retries": 0,
+    }
+    if zone == "cloud":
+        spec["model"] = f"openai/scripted-{name}"
+        spec["api_key_env"] = CLOUD_KEY_ENV
+    spec.update(overrides)
+    return spec
+
+
+def write_config(path: Path, loci: list[dict[str, Any]]) -> Path:
+    """A locus config file; the sensitivity detector runs on patterns only (no NER model needed:
+    the entities these tests use, e-mail addresses and tax file numbers, are pattern-found)."""
+    data = {
+        "loci": loci,
+        "decision_log": str(path.with_suffix(".jsonl")),
+        "sensitivity": {"ner": "none"},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path

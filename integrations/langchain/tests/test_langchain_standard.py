@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import locus, write_config
 from langchain_locus import ChatLocus
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from scripted_endpoint import locus, write_config
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,19 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "langchain" / "tests"))
 
-from scripted_endpoint import ScriptedEndpoint, scripted_endpoint  # noqa: E402
-
-CLOUD_KEY_ENV = "LOCUS_LLAMA_INDEX_TEST_CLOUD_KEY"
+from scripted_endpoint import (  # noqa: E402
+    CLOUD_KEY_ENV,
+    ScriptedEndpoint,
+    locus,
+    scripted_endpoint,
+    write_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,47 +32,17 @@ def endpoint() -> Iterator[tuple[str, ScriptedEndpoint]]:
         yield served
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def zoned_config(
-    endpoint: tuple[str, ScriptedEndpoint], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    endpoint: tuple[str, ScriptedEndpoint], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A strong, keyed cloud locus (128k window) beside a tiny on-prem one (32k; capability 0,
-    below every floor, so work goes to the cloud whenever the policy allows it)."""
-    monkeypatch.setenv(CLOUD_KEY_ENV, "sk-loopback")
-    base_url = endpoint[0] + "/v1"
-    common: dict[str, Any] = {"api_base": base_url, "timeout_s": 10.0, "max_retries": 0}
+    below every floor, so work goes to the cloud whenever the policy allows it). Session-wide, so
+    the tests share one Router (analyser loading costs about a second)."""
+    os.environ[CLOUD_KEY_ENV] = "sk-loopback"
+    base_url = endpoint[0]
     loci = [
-        {
-            "name": "cloud",
-            "zone": "cloud",
-            "model": "openai/scripted-cloud",
-            "capability": 6,
-            "context_window": 128000,
-            "usd_per_mtok_in": 2.5,
-            "usd_per_mtok_out": 10.0,
-            "api_key_env": CLOUD_KEY_ENV,
-            **common,
-        },
-        {
-            "name": "onprem",
-            "zone": "onprem",
-            "model": "hosted_vllm/scripted-onprem",
-            "capability": 0,
-            "context_window": 32768,
-            "usd_per_mtok_in": 0.2,
-            "usd_per_mtok_out": 0.2,
-            **common,
-        },
+        locus("cloud", "cloud", base_url, context_window=128000),
+        locus("onprem", "onprem", base_url, capability=0, context_window=32768),
     ]
-    path = tmp_path / "locus.yaml"
-    # Pattern-only sensitivity detection: e-mail addresses need no NER model.
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "loci": loci,
-                "sensitivity": {"ner": "none"},
-                "decision_log": str(tmp_path / "decisions.jsonl"),
-            }
-        )
-    )
-    return path
+    return write_config(tmp_path_factory.mktemp("zoned") / "locus.yaml", loci)
