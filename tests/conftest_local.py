@@ -71,14 +71,16 @@ def llama_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
-def build_tiny_llama(path: Path, *, tied: bool = False, quantized: bool = False) -> TinyLlama:
-    """Random Llama → GGUF at `path`. `quantized` stores matrices as Q8_0 (and the reference model
-    gets the dequantised weights, so both sides compute with the same numbers)."""
+def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = None) -> TinyLlama:
+    """Random Llama → GGUF at `path`. `quantized` ("Q8_0", "Q4_1", ...) stores the matrices in
+    that GGUF type (and the reference model gets the dequantised weights, so both sides compute
+    with the same numbers)."""
     import gguf
     import torch
     from gguf.quants import dequantize, quantize
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    qtype = gguf.GGMLQuantizationType[quantized or "F32"]
     tokenizer = train_tokenizer()
     vocab = tokenizer.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
@@ -104,18 +106,19 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: bool = False)
     model = LlamaForCausalLM(config).eval()
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 
-    def store(array: np.ndarray) -> np.ndarray:
+    def kind(name: str) -> Any:
+        """Like llama.cpp: embeddings and output stay at 8 bits whatever the layers use."""
+        return qtype if name.startswith("blk.") else gguf.GGMLQuantizationType.Q8_0
+
+    def store(array: np.ndarray, name: str) -> np.ndarray:
         """What the GGUF holds, and (dequantised) what the reference model must then use."""
         if quantized and array.ndim == 2:
-            raw = quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            return raw
+            return quantize(array, kind(name))
         return array.astype(np.float32)
 
-    def reference(array: np.ndarray) -> np.ndarray:
+    def reference(array: np.ndarray, name: str) -> np.ndarray:
         if quantized and array.ndim == 2:
-            return dequantize(
-                quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
-            )
+            return dequantize(quantize(array, kind(name)), kind(name))
         return array
 
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
@@ -164,15 +167,17 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: bool = False)
     for hf_name, array in state.items():
         if hf_name not in names or (tied and hf_name == "lm_head.weight"):
             continue
-        reference_state[hf_name] = torch.from_numpy(np.ascontiguousarray(reference(array)))
+        reference_state[hf_name] = torch.from_numpy(
+            np.ascontiguousarray(reference(array, names[hf_name]))
+        )
         gg_name = names[hf_name]
         if gg_name.endswith("attn_q.weight"):
             array = llama_permute(array, n_heads)
         elif gg_name.endswith("attn_k.weight"):
             array = llama_permute(array, n_kv)
-        stored = store(array)
+        stored = store(array, gg_name)
         if stored.dtype == np.uint8:
-            writer.add_tensor(gg_name, stored, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(gg_name, stored, raw_dtype=kind(gg_name))
         else:
             writer.add_tensor(gg_name, stored)
     writer.write_header_to_file()
