@@ -1,6 +1,6 @@
 """The decision alone — analyze (classifier + sensitivity) + policy + select — at four prompt sizes.
 
-    .venv/bin/python benchmarks/bench_decision.py [--calls 300] [--sizes 20,100,1000,5000]
+    .venv/bin/python benchmarks/bench_decision.py [--calls 300] [--sizes 20,100,1000,5000] [--ner none]
 
 `Router.route()` with the REAL analyzer (the packaged router classifier and the sensitivity
 detector), the default policy bundle (hot reload on, as shipped) and three loci. Nothing is sent.
@@ -76,7 +76,7 @@ def prompts_of_length(texts: list[str], words: int, count: int, seed: int) -> li
     return prompts
 
 
-def build_router() -> Router:
+def build_router(ner: str | None = None) -> Router:
     os.environ[KEY_ENV] = "sk-bench"  # the cloud locus has credentials: every zone is in play
     loci = [
         {
@@ -105,7 +105,8 @@ def build_router() -> Router:
             "api_key_env": KEY_ENV,
         },
     ]
-    return Router(config_from_dict({"loci": loci}))
+    sensitivity = {"ner": ner} if ner else {}
+    return Router(config_from_dict({"loci": loci, "sensitivity": sensitivity}))
 
 
 def active_analyzers(router: Router) -> dict[str, str]:
@@ -201,13 +202,18 @@ def main() -> int:
         help="callers for the parallel throughput figure (default: cores)",
     )
     parser.add_argument("--prompts", type=Path, default=PROMPTS, help="task_prompts JSONL")
+    parser.add_argument(
+        "--ner",
+        choices=("onnx", "spacy", "none"),
+        help="sensitivity.ner for the run (default: the config default)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     if not args.prompts.exists():
         print(f"error: {args.prompts}: prompt data not found (see ../shared/data)", file=sys.stderr)
         return 1
     texts = load_texts(args.prompts)
-    router = build_router()
+    router = build_router(args.ner)
     started = time.perf_counter()
     router.warm()
     warm_s = time.perf_counter() - started
@@ -225,6 +231,7 @@ def main() -> int:
         )
     result = {
         "analyzers": analyzers,
+        "sensitivity_ner": args.ner or "default",
         "warm_s": round(warm_s, 2),
         "cores": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
