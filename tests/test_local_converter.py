@@ -42,6 +42,21 @@ def test_greedy_32_tokens_match_transformers(
     assert [int(np.argmax(x)) for x in logits[len(ids) - 1 : -1]] == expected
 
 
+def test_fused_group_query_attention_matches_transformers(
+    tiny_llama: TinyLlama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alternative graph with onnxruntime's GroupQueryAttention (rotary inside)."""
+    from locus_llm.local import converter
+
+    monkeypatch.setattr(converter, "ATTENTION", "GroupQueryAttention")
+    convert_gguf(tiny_llama.gguf_path, tmp_path, quant="fp32")
+    model = OnnxChatModel(tmp_path, threads=1)
+    ids = tiny_llama.tokenizer.encode(PROMPT).ids
+    expected = hf_greedy(tiny_llama, ids, 32)
+    text = "".join(d.text for d in model.stream_tokens(ids, max_tokens=32))
+    assert text == model.tokenizer.decode(expected)
+
+
 def test_logits_match_transformers_at_every_position(
     tiny_llama: TinyLlama, tiny_model: OnnxChatModel
 ) -> None:

@@ -30,12 +30,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from locus_llm.errors import LocusError
 
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 QUANTS = ("int4", "int8", "fp32")
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 BLOCK_SIZE = 32
 # int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
 ACCURACY_LEVEL = 4
+# "GroupQueryAttention" (onnxruntime's fused kernel, rotary inside) or "Attention" (opset 23).
+ATTENTION = "Attention"
 # Bit widths quantised symmetrically (no zero points: onnxruntime's fastest kernels).
 SYMMETRIC_BITS: tuple[int, ...] = (8,)
 
@@ -505,6 +507,46 @@ def _rope_tables(
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def _standard_attention(
+    g: _Graph,
+    p: Hyperparameters,
+    qkv: str,
+    mask: str,
+    cos_name: str,
+    sin_name: str,
+    past: list[str],
+    present: list[str],
+) -> str:
+    """Opset-23 RotaryEmbedding + Attention (portable; slower on onnxruntime's CPU today)."""
+    kv_dim, q_dim = p.n_kv_heads * p.head_dim, p.n_heads * p.head_dim
+    q, k, v = g.op(
+        "Split",
+        [qkv, g.const("split", np.array([q_dim, kv_dim, kv_dim], dtype=np.int64))],
+        n_out=3,
+        axis=-1,
+    )
+    rotary = {"interleaved": 0, "rotary_embedding_dim": p.rope_dim}
+    (q,) = g.op(
+        "RotaryEmbedding", [q, cos_name, sin_name, "position_ids"], num_heads=p.n_heads, **rotary
+    )
+    (k,) = g.op(
+        "RotaryEmbedding",
+        [k, cos_name, sin_name, "position_ids"],
+        num_heads=p.n_kv_heads,
+        **rotary,
+    )
+    attn, _, _ = g.op(
+        "Attention",
+        [q, k, v, mask, *past],
+        outputs=[g.name("attn"), *present],
+        q_num_heads=p.n_heads,
+        kv_num_heads=p.n_kv_heads,
+        is_causal=1,
+        scale=1.0 / math.sqrt(p.head_dim),
+    )
+    return attn
+
+
 def _build_graph(
     p: Hyperparameters,
     load: Callable[[str], np.ndarray],
@@ -527,6 +569,20 @@ def _build_graph(
     rope_freqs = load("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
     cos, sin = _rope_tables(p, rope_freqs)
     cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
+    # GroupQueryAttention takes lengths (and derives positions from them)...
+    (seqlens_k,) = g.op(
+        "ReduceSum",
+        ["attention_mask", g.const("axes", np.array([1], dtype=np.int64))],
+        keepdims=0,
+    )
+    (seqlens_k,) = g.op("Sub", [seqlens_k, g.const("one", np.array(1, dtype=np.int64))])
+    (seqlens_k,) = g.op("Cast", [seqlens_k], to=TensorProto.INT32)
+    (total_length,) = g.op("Shape", ["attention_mask"])
+    (total_length,) = g.op(
+        "Gather", [total_length, g.const("index", np.array(1, dtype=np.int64))], axis=0
+    )
+    (total_length,) = g.op("Cast", [total_length], to=TensorProto.INT32)
+    # ...the standard Attention takes a boolean mask.
     (mask,) = g.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
     # onnxruntime wants the mask as [batch, 1, query, total], not broadcast over the query axis.
     (mask,) = g.op("Unsqueeze", [mask, g.const("axes", np.array([1, 2], dtype=np.int64))])
@@ -571,34 +627,22 @@ def _build_graph(
         biases = [bias(f"{blk}.attn_{n}.bias") for n in "qkv"]
         bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
         qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv, blocks=qkv_codes)
-        q, k, v = g.op(
-            "Split",
-            [qkv, g.const("split", np.array([q_dim, kv_dim, kv_dim], dtype=np.int64))],
-            n_out=3,
-            axis=-1,
-        )
-        rotary = {"interleaved": 0, "rotary_embedding_dim": p.rope_dim}
-        (q,) = g.op(
-            "RotaryEmbedding",
-            [q, cos_name, sin_name, "position_ids"],
-            num_heads=p.n_heads,
-            **rotary,
-        )
-        (k,) = g.op(
-            "RotaryEmbedding",
-            [k, cos_name, sin_name, "position_ids"],
-            num_heads=p.n_kv_heads,
-            **rotary,
-        )
-        attn, _, _ = g.op(
-            "Attention",
-            [q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
-            outputs=[g.name("attn"), f"present.{i}.key", f"present.{i}.value"],
-            q_num_heads=p.n_heads,
-            kv_num_heads=p.n_kv_heads,
-            is_causal=1,
-            scale=1.0 / math.sqrt(p.head_dim),
-        )
+        present = [f"present.{i}.key", f"present.{i}.value"]
+        past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        if ATTENTION == "GroupQueryAttention":
+            attn, _, _ = g.op(
+                "GroupQueryAttention",
+                [qkv, "", "", *past, seqlens_k, total_length, cos_name, sin_name],
+                outputs=[g.name("attn"), *present],
+                domain="com.microsoft",
+                num_heads=p.n_heads,
+                kv_num_heads=p.n_kv_heads,
+                scale=1.0 / math.sqrt(p.head_dim),
+                do_rotary=1,
+                rotary_interleaved=0,
+            )
+        else:
+            attn = _standard_attention(g, p, qkv, mask, cos_name, sin_name, past, present)
         o = g.linear(
             attn,
             load(f"{blk}.attn_output.weight"),
