@@ -32,6 +32,14 @@ LOCUS_MCP = Path(sys.executable).with_name("locus-mcp")
 STARTUP_TIMEOUT_S = 120.0
 
 
+def require_command() -> None:
+    if not LOCUS_MCP.exists():
+        raise RuntimeError(
+            f"{LOCUS_MCP} is missing: install it with "
+            "`.venv/bin/pip install --no-deps -e mcp_server`"
+        )
+
+
 def locus_config(server: FaultServer, folder: Path) -> Path:
     """device: the real SmolLM2; onprem and cloud: the loopback server (cloud needs a key)."""
     config = {
@@ -157,6 +165,7 @@ class HttpServer:
         self.url = ""
 
     def __enter__(self) -> HttpServer:
+        require_command()
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [str(LOCUS_MCP), *self.args],

@@ -22,6 +22,7 @@ from mcp_support import (
     ClientThread,
     error_text,
     locus_config,
+    require_command,
     server_env,
     structured,
 )
@@ -38,6 +39,7 @@ TFN_MESSAGES = [
 def mcp(
     fault_server: FaultServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ClientThread]:
+    require_command()
     folder = tmp_path_factory.mktemp("mcp-stdio")
     config = locus_config(fault_server, folder)
     params = StdioServerParameters(
