@@ -230,10 +230,13 @@ def evaluate(samples: list[Sample], predict: Any, threshold: float) -> dict[str,
     }
 
 
-def our_predictor(ner: str) -> Any:
+def our_predictor(ner: str, ner_min_score: float | None = None) -> Any:
     from locus_llm.analysis.sensitivity import SensitivityConfig, SensitivityDetector
 
-    detector = SensitivityDetector(SensitivityConfig(ner=ner))
+    config = SensitivityConfig(ner=ner)
+    if ner_min_score is not None:
+        config.ner_min_score = ner_min_score
+    detector = SensitivityDetector(config)
     return lambda text: [(e.type, e.start, e.end) for e in detector.detect(text)]
 
 
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", action="store_true", help="also score presidio out of the box"
     )
+    parser.add_argument("--ner-min-score", type=float, help="override the config NER cut-off")
     parser.add_argument("--errors", type=int, default=0, help="print this many errors")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     unmapped = sorted({t for s in samples for t, _, _ in s.spans} - set(LABEL_MAP.values()))
     if unmapped:
         print(f"labels kept under their own name: {unmapped}")
-    results = {"ours": evaluate(samples, our_predictor(args.ner), args.iou)}
+    results = {"ours": evaluate(samples, our_predictor(args.ner, args.ner_min_score), args.iou)}
     report(f"locus ({args.ner} NER)", results["ours"])
     if args.baseline:
         results["presidio_default"] = evaluate(samples, baseline_predictor(), args.iou)

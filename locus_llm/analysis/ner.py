@@ -183,8 +183,9 @@ def shared_ner(model_dir: Path = MODEL_DIR) -> OnnxNer:
 class NerRecognizer(EntityRecognizer):
     """The ONNX tagger as a presidio recognizer."""
 
-    def __init__(self, model_dir: Path = MODEL_DIR) -> None:
+    def __init__(self, model_dir: Path = MODEL_DIR, min_score: float = 0.5) -> None:
         self._ner = shared_ner(model_dir)
+        self._min_score = min_score
         super().__init__(
             supported_entities=self._ner.types, name="OnnxNerRecognizer", supported_language="en"
         )
@@ -208,5 +209,5 @@ class NerRecognizer(EntityRecognizer):
                 },
             )
             for etype, start, end, score in self._ner.predict(text)
-            if etype in wanted
+            if etype in wanted and score >= self._min_score
         ]

@@ -309,10 +309,35 @@ def export(model: Any, tokenizer: Any, out_dir: Path, layers: int) -> None:
         op_types_to_quantize=["MatMul"],
     )
     fp32.unlink()
+    store_embeddings_fp16(out_dir / "model.onnx")
     shutil.copy(encoder_path() / "tokenizer.json", out_dir / "tokenizer.json")
     (out_dir / "labels.json").write_text(
         json.dumps({"labels": LABELS, "layers": layers, "max_tokens": MAX_TOKENS}, indent=1)
     )
+
+
+def store_embeddings_fp16(path: Path) -> None:
+    """Keep the word-embedding table (most of the file) in fp16 on disk, cast back to fp32 when
+    the session loads (ORT folds the Cast once): half the size, same speed, same outputs to
+    within fp16 rounding of the inputs."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for init in list(graph.initializer):
+        if "word_embeddings" not in init.name or init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
+        )
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        graph.node.insert(
+            0, helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT)
+        )
+    onnx.save(model, str(path))
 
 
 def main(argv: list[str] | None = None) -> int:

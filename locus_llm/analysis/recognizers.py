@@ -9,7 +9,7 @@ with them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
@@ -21,8 +21,12 @@ from presidio_analyzer.predefined_recognizers import (
     PhoneRecognizer,
 )
 
-# Separators people write inside IDs: nothing, a space or a dash (one per gap).
+# Separators people write inside IDs: nothing, a space or a dash (one per gap). An ID is not a
+# piece of a longer grouped number (a phone "001-253-366-9781", an IP address, the last three
+# groups of "58 190 222 950").
 _SEP = r"[ \-]?"
+_OPEN = r"(?<![\w\-.]|[\-.]\d|\d[ \-])"
+_CLOSE = r"(?![\w]|[\-. ]\d)"
 
 
 def digits_of(value: str) -> list[int]:
@@ -68,21 +72,23 @@ def medicare_valid(value: str) -> bool:
 class AuTfnAnyFormRecognizer(AuTfnRecognizer):
     """presidio's TFN recognizer, also for dashes and mixed separators."""
 
-    PATTERNS = [Pattern("TFN", rf"\b\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}\b", 0.1)]
+    PATTERNS = [Pattern("TFN", rf"{_OPEN}\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}{_CLOSE}", 0.1)]
 
     def validate_result(self, pattern_text: str) -> bool:
         return tfn_valid(pattern_text)
 
 
 class AuAbnAnyFormRecognizer(AuAbnRecognizer):
-    PATTERNS = [Pattern("ABN", rf"\b\d{{2}}{_SEP}\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}\b", 0.1)]
+    PATTERNS = [
+        Pattern("ABN", rf"{_OPEN}\d{{2}}{_SEP}\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}{_CLOSE}", 0.1)
+    ]
 
     def validate_result(self, pattern_text: str) -> bool:
         return abn_valid(pattern_text)
 
 
 class AuAcnAnyFormRecognizer(AuAcnRecognizer):
-    PATTERNS = [Pattern("ACN", rf"\b\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}\b", 0.1)]
+    PATTERNS = [Pattern("ACN", rf"{_OPEN}\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}{_CLOSE}", 0.1)]
 
     def validate_result(self, pattern_text: str) -> bool:
         return acn_valid(pattern_text)
@@ -92,7 +98,7 @@ class AuMedicareAnyFormRecognizer(AuMedicareRecognizer):
     PATTERNS = [
         Pattern(
             "Medicare",
-            rf"\b[2-6]\d{{3}}{_SEP}\d{{5}}{_SEP}\d(?:{_SEP}\d)?\b",
+            rf"{_OPEN}[2-6]\d{{3}}{_SEP}\d{{5}}{_SEP}\d(?:{_SEP}\d)?{_CLOSE}",
             0.1,
         )
     ]
@@ -147,7 +153,7 @@ SECRET_PATTERNS: list[tuple[str, str, int, float, str | None]] = [
         "PASSWORD",
         r"\b[A-Za-z][A-Za-z0-9+.\-]{1,20}://[^\s:/@]{1,100}:([^\s@/]{1,200})@[^\s]",
         1,
-        0.9,
+        1.0,
         "://",
     ),
     # Password=…; (ADO/JDBC connection strings), password: …, api_key = "…"
@@ -355,3 +361,129 @@ def windowed(recognizer: EntityRecognizer) -> EntityRecognizer:
     """The recognizer behind a candidate prefilter when we know one for it, else itself."""
     candidate = CANDIDATES.get(type(recognizer).__name__)
     return WindowedRecognizer(recognizer, candidate) if candidate else recognizer
+
+
+def luhn_valid(value: str) -> bool:
+    digits = digits_of(value)
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return len(digits) >= 12 and total % 10 == 0
+
+
+class ContextNumberRecognizer(LocalRecognizer):
+    """A number that is only this entity when the words just before it say so ("card # …",
+    "Mobile: …", "aged …"). It catches formats presidio's strict patterns miss (Maestro and
+    2-series cards, national phone formats without a country) without flagging every number."""
+
+    def __init__(
+        self,
+        entity_type: str,
+        pattern: str,
+        context: list[str],
+        score: float,
+        validate: Callable[[str], bool] | None = None,
+        group: int = 0,
+        before: int = 32,
+    ) -> None:
+        self._regex = re.compile(pattern)
+        # no context words: the pattern itself says what the number is ("aged 71")
+        self._context = re.compile(r"(?i)\b(?:" + "|".join(context) + r")\b") if context else None
+        self._score = score
+        self._validate = validate
+        self._group = group
+        self._before = before
+        super().__init__(
+            supported_entities=[entity_type], name=f"Context{entity_type.title()}Recognizer"
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        results = []
+        for match in self._regex.finditer(text):
+            start, end = match.span(self._group)
+            if self._validate is not None and not self._validate(text[start:end]):
+                continue
+            if self._context is None or self._context.search(
+                text, max(0, match.start() - self._before), match.start()
+            ):
+                results.append(
+                    RecognizerResult(self.supported_entities[0], start, end, self._score)
+                )
+        return results
+
+
+def context_recognizers() -> list[EntityRecognizer]:
+    return [
+        WindowedRecognizer(
+            ContextNumberRecognizer(
+                "CREDIT_CARD",
+                r"(?<![\d\-])\d(?:[ \-]?\d){11,18}(?![\d\-])",
+                [
+                    "card",
+                    "cards",
+                    "cc",
+                    "credit",
+                    "debit",
+                    "visa",
+                    "mastercard",
+                    "amex",
+                    "maestro",
+                    "charge",
+                    "pan",
+                ],
+                0.85,
+                validate=luhn_valid,
+            ),
+            r"\d{4}",
+        ),
+        WindowedRecognizer(
+            ContextNumberRecognizer(
+                "PHONE_NUMBER",
+                r"(?<![\w+])\+?\(?\d[\d ().\-]{5,18}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w])",
+                [
+                    "phone",
+                    "mobile",
+                    "mob",
+                    "tel",
+                    "telephone",
+                    "cell",
+                    "fax",
+                    "desk",
+                    "call",
+                    "sms",
+                    "whatsapp",
+                    "contact",
+                    "registered",
+                    "landline",
+                ],
+                0.6,
+                validate=lambda v: 7 <= len(digits_of(v)) <= 15,
+                before=24,
+            ),
+            r"\d{3}",
+        ),
+        WindowedRecognizer(
+            ContextNumberRecognizer(
+                "AGE",
+                r"\b(\d{1,3})(?=[ \-]years?[ \-]old\b|\s*y/o\b)",
+                [],
+                0.7,
+                group=1,
+            ),
+            r"\d",
+        ),
+        ContextNumberRecognizer(
+            "AGE",
+            r"\b(?:aged?|age of|at the age of)\s+(\d{1,3})\b",
+            [],
+            0.7,
+            group=1,
+        ),
+    ]

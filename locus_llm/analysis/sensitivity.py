@@ -128,9 +128,9 @@ class SensitivityConfig(BaseModel):
 
     ner: Literal["onnx", "spacy", "none"] = "onnx"
     spacy_model: str = "en_core_web_lg"  # used when ner == "spacy"; must be installed by the user
-    score_threshold: float = Field(
-        default=0.35, ge=0.0, le=1.0
-    )  # below it an entity is not reported
+    # below score_threshold an entity is not reported; ner_min_score is the NER model's cut-off
+    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    ner_min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     rules: dict[str, EntityRule] = Field(default_factory=default_rules)
     default_class: str = "INTERNAL"  # for a reported type missing from `rules`
@@ -181,11 +181,28 @@ def _rank(result: RecognizerResult, config: SensitivityConfig) -> tuple[float, i
     return (result.score, int(level), result.end - result.start)
 
 
+def _from_ner(result: RecognizerResult) -> bool:
+    name = (result.recognition_metadata or {}).get("recognizer_name", "")
+    return name in ("OnnxNerRecognizer", "SpacyRecognizer")
+
+
 def resolve_overlaps(
     results: list[RecognizerResult], config: SensitivityConfig
 ) -> list[RecognizerResult]:
     """Keep non-overlapping results, best first: redaction needs disjoint spans, and a name the
     model sees inside an e-mail address is the e-mail address."""
+    # A model's span yields to a confident pattern hit it overlaps without containing: "176"
+    # is not a place inside the IP address 41.176.181.243.
+    confident = [r for r in results if r.score >= 0.5 and not _from_ner(r)]
+    results = [
+        r
+        for r in results
+        if not _from_ner(r)
+        or not any(
+            p.start < r.end and p.end > r.start and not (r.start <= p.start and p.end <= r.end)
+            for p in confident
+        )
+    ]
     kept: list[RecognizerResult] = []
     taken: list[tuple[int, int]] = []
     for result in sorted(results, key=lambda r: _rank(r, config), reverse=True):
@@ -230,6 +247,7 @@ def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str,
         ours.AuMedicareAnyFormRecognizer(),
         ours.SecretsRecognizer(),
         *ours.keyword_recognizers(config.keywords),
+        *ours.context_recognizers(),
     ):
         registry.add_recognizer(recognizer)
     # Same recognizers, each behind a cheap candidate prefilter: see recognizers.windowed.
@@ -237,7 +255,7 @@ def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str,
     if config.ner == "onnx":
         from locus_llm.analysis.ner import NerRecognizer
 
-        registry.add_recognizer(NerRecognizer())
+        registry.add_recognizer(NerRecognizer(min_score=config.ner_min_score))
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     context = {r.name: [w.lower() for w in r.context] for r in registry.recognizers if r.context}
     return analyzer, context
