@@ -71,14 +71,22 @@ def llama_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
-def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = None) -> TinyLlama:
+def build_tiny_llama(
+    path: Path, *, tied: bool = False, quantized: str | None = None, arch: str = "llama"
+) -> TinyLlama:
     """Random Llama → GGUF at `path`. `quantized` ("Q8_0", "Q4_1", ...) stores the matrices in
     that GGUF type (and the reference model gets the dequantised weights, so both sides compute
     with the same numbers)."""
     import gguf
     import torch
     from gguf.quants import dequantize, quantize
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    # Qwen2 is a Llama with q/k/v biases and without llama.cpp's Q/K row permutation.
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[arch]
 
     qtype = gguf.GGMLQuantizationType[quantized or "F32"]
     tokenizer = train_tokenizer()
@@ -87,7 +95,7 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = 
     merges_json = __import__("json").loads(tokenizer.to_str())["model"]["merges"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges_json]
 
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(tokens),
         hidden_size=64,
         intermediate_size=160,
@@ -103,7 +111,16 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = 
         eos_token_id=2,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
+    if arch == "qwen2":  # biases start at zero: make them matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
+                    proj.bias.normal_(0.0, 0.5)
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 
     def kind(name: str) -> Any:
@@ -122,7 +139,7 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = 
         return array
 
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny-llama")
     writer.add_context_length(CONTEXT_LENGTH)
     writer.add_embedding_length(config.hidden_size)
@@ -163,6 +180,8 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = 
     for i in range(config.num_hidden_layers):
         for hf, gg in per_layer.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+            if arch == "qwen2" and hf.startswith("self_attn.") and gg != "attn_output":
+                names[f"model.layers.{i}.{hf}.bias"] = f"blk.{i}.{gg}.bias"
     reference_state = {}
     for hf_name, array in state.items():
         if hf_name not in names or (tied and hf_name == "lm_head.weight"):
@@ -171,9 +190,9 @@ def build_tiny_llama(path: Path, *, tied: bool = False, quantized: str | None = 
             np.ascontiguousarray(reference(array, names[hf_name]))
         )
         gg_name = names[hf_name]
-        if gg_name.endswith("attn_q.weight"):
+        if arch == "llama" and gg_name.endswith("attn_q.weight"):
             array = llama_permute(array, n_heads)
-        elif gg_name.endswith("attn_k.weight"):
+        elif arch == "llama" and gg_name.endswith("attn_k.weight"):
             array = llama_permute(array, n_kv)
         stored = store(array, gg_name)
         if stored.dtype == np.uint8:

@@ -42,6 +42,16 @@ def test_greedy_32_tokens_match_transformers(
     assert [int(np.argmax(x)) for x in logits[len(ids) - 1 : -1]] == expected
 
 
+def test_qwen2_with_attention_biases_matches_transformers(tmp_path: Path) -> None:
+    tiny = build_tiny_llama(tmp_path / "qwen2.gguf", arch="qwen2", tied=True)
+    convert_gguf(tiny.gguf_path, tmp_path / "onnx", quant="fp32")
+    model = OnnxChatModel(tmp_path / "onnx", threads=1)
+    ids = tiny.tokenizer.encode(PROMPT).ids
+    expected = hf_greedy(tiny, ids, 32)
+    text = "".join(d.text for d in model.stream_tokens(ids, max_tokens=32))
+    assert text == model.tokenizer.decode(expected)
+
+
 def test_fused_group_query_attention_matches_transformers(
     tiny_llama: TinyLlama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
