@@ -316,11 +316,16 @@ class OnnxChatModel:
 
         total = position + len(tokens)
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=np.int64))
-        if "attention_mask" in self._inputs:
-            binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        if "position_ids" in self._inputs:
-            binding.bind_cpu_input("position_ids", np.arange(position, total, dtype=np.int64)[None])
+        kinds = self._index_dtypes
+        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=kinds["input_ids"]))
+        if "attention_mask" in kinds:
+            binding.bind_cpu_input(
+                "attention_mask", np.ones((1, total), dtype=kinds["attention_mask"])
+            )
+        if "position_ids" in kinds:
+            binding.bind_cpu_input(
+                "position_ids", np.arange(position, total, dtype=kinds["position_ids"])[None]
+            )
         for name, value in cache.items():
             if isinstance(value, np.ndarray):
                 value = ort.OrtValue.ortvalue_from_numpy(value)
@@ -358,7 +363,12 @@ class OnnxChatModel:
                 f"{self.folder}: expected past_key_values.N.key/value inputs with matching "
                 f"present.N.key/value outputs (missing: {', '.join(missing) or 'all'})"
             )
-        self._inputs = set(inputs)
+        # Some exporters use int32 for ids and masks.
+        self._index_dtypes = {
+            name: np.int32 if inputs[name].type == "tensor(int32)" else np.int64
+            for name in ("input_ids", "attention_mask", "position_ids")
+            if name in inputs
+        }
         self._past_names = [name for _, _, name in past]
         self._output_names = ["logits"] + [present_by_key[(i, kind)] for i, kind, _ in past]
         first = inputs[self._past_names[0]]
