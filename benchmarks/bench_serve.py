@@ -16,7 +16,10 @@ generation;dur=...` header). The model's time swings with the load on a shared m
 more than 2 ms; subtracting it request by request leaves the cost of the path.
 
 Part 2, the path alone: the same server code in a child process serving a model that costs
-nothing (it echoes words), so each request's whole time is the path's, streamed or not.
+nothing (it echoes words), so each request's whole time is the path's, streamed or not. On a
+busy machine wall times are mostly waiting for a core, so part 2 also counts CPU time per request,
+which load hardly changes: the client's (getrusage) and the server's (its threads' schedstat).
+On an idle machine a request's latency is about the sum of the two plus a few thread wake-ups.
 
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_serve.py [--rounds 30]
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -75,15 +79,15 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     serve_real = [sys.executable, "-m", "locus_llm.cli", "serve", "--model", args.model]
     serve_zero = [sys.executable, __file__, "--serve-zero-cost"]
-    with _server(serve_real, "--port") as real_url, _server(serve_zero, "") as zero_url:
+    with _server(serve_real, "--port") as (real_url, _), _server(serve_zero, "") as zero:
         real = _measure_real(model, args.model, real_url, args.rounds, args.max_tokens)
-        path = _measure_path(zero_url, args.path_rounds, args.max_tokens)
+        path, cpu = _measure_path(*zero, args.path_rounds, args.max_tokens)
     print(
         f"model {args.model}, max_tokens {args.max_tokens}, {len(PROMPTS)} prompts; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
         f"{load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    _report(real, path, args)
+    _report(real, path, cpu, args)
     return 0
 
 
@@ -180,7 +184,9 @@ def _server_generation_ms(server_timing: str) -> float:
 # --- part 2: the path alone ------------------------------------------------------------------
 
 
-def _measure_path(base_url: str, rounds: int, max_tokens: int) -> Timings:
+def _measure_path(
+    base_url: str, server_pid: int, rounds: int, max_tokens: int
+) -> tuple[Timings, dict[str, tuple[float, float]]]:
     import litellm
 
     client = httpx.Client(base_url=base_url, timeout=60)
@@ -222,8 +228,34 @@ def _measure_path(base_url: str, rounds: int, max_tokens: int) -> Timings:
         for conversation in conversations:
             path(conversation)
     timings = _interleave(paths, conversations, rounds)
+    cpu = {}  # path → (client CPU ms, server CPU ms) per request, each path in its own block
+    for name, path in paths.items():
+        client_before, server_before = _client_cpu_ms(), _server_cpu_ms(server_pid)
+        for _ in range(rounds):
+            for conversation in conversations:
+                path(conversation)
+        requests = rounds * len(conversations)
+        cpu[name] = (
+            (_client_cpu_ms() - client_before) / requests,
+            (_server_cpu_ms(server_pid) - server_before) / requests,
+        )
     client.close()
-    return timings
+    return timings, cpu
+
+
+def _client_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def _server_cpu_ms(pid: int) -> float:
+    """CPU time of every thread of the server process, in ns precision (Linux schedstat)."""
+    total_ns = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        path = f"/proc/{pid}/task/{thread}/schedstat"
+        with contextlib.suppress(FileNotFoundError), open(path) as stat:
+            total_ns += int(stat.read().split()[0])
+    return total_ns / 1e6
 
 
 # --- measuring and reporting -------------------------------------------------------------------
@@ -245,7 +277,9 @@ def _interleave(
     return timings
 
 
-def _report(real: Timings, path: Timings, args: argparse.Namespace) -> None:
+def _report(
+    real: Timings, path: Timings, cpu: dict[str, tuple[float, float]], args: argparse.Namespace
+) -> None:
     print(f"\npart 1, {args.model}: {args.rounds} rounds; added = total - runtime, per request")
     print(f"{'path':15} {'total ms':>9} {'runtime ms':>10} {'added ms':>9} {'p10':>7} {'p90':>7}")
     for name, pairs in real.items():
@@ -257,11 +291,18 @@ def _report(real: Timings, path: Timings, args: argparse.Namespace) -> None:
             f"{deciles[0]:7.2f} {deciles[-1]:7.2f}"
         )
     print(f"\npart 2, a zero-cost model: {args.path_rounds} rounds; the whole time is the path's")
-    print(f"{'path':15} {'median ms':>9} {'p10':>7} {'p90':>7}")
+    print(
+        f"{'path':15} {'median ms':>9} {'p10':>7} {'p90':>7} {'client CPU':>10} "
+        f"{'server CPU':>10} {'CPU sum':>8}"
+    )
     for name, pairs in path.items():
         totals = [t for t, _ in pairs]
         deciles = statistics.quantiles(totals, n=10)
-        print(f"{name:15} {statistics.median(totals):9.2f} {deciles[0]:7.2f} {deciles[-1]:7.2f}")
+        client_cpu, server_cpu = cpu[name]
+        print(
+            f"{name:15} {statistics.median(totals):9.2f} {deciles[0]:7.2f} {deciles[-1]:7.2f} "
+            f"{client_cpu:10.2f} {server_cpu:10.2f} {client_cpu + server_cpu:8.2f}"
+        )
 
     direct_total = statistics.median(t for t, _ in real["direct"])
     served_total = statistics.median(t for t, _ in real["litellm-http"])
@@ -280,8 +321,8 @@ def _report(real: Timings, path: Timings, args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _server(command: list[str], port_flag: str) -> Iterator[str]:
-    """Run a server command on a free port until the block ends; yields its base URL."""
+def _server(command: list[str], port_flag: str) -> Iterator[tuple[str, int]]:
+    """Run a server command on a free port until the block ends; yields its URL and pid."""
     port = _free_port()
     argv = [*command, port_flag, str(port)] if port_flag else [*command, str(port)]
     # a file, not a pipe: a pipe nobody reads could fill up and stall the server
@@ -290,7 +331,7 @@ def _server(command: list[str], port_flag: str) -> Iterator[str]:
         try:
             base_url = f"http://127.0.0.1:{port}"
             _wait_until_up(base_url, server, log)
-            yield base_url
+            yield base_url, server.pid
         finally:
             server.terminate()
             server.wait(15)
