@@ -30,6 +30,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,7 +196,7 @@ def bench_locus(
     concurrency: int,
     max_tokens: int,
     warmup: int = 1,
-    advance: Any = None,
+    advance: Callable[[], None] | None = None,
 ) -> list[Sample]:
     """`requests` measured requests (prompts taken in turn), `concurrency` at a time."""
     for i in range(warmup):
