@@ -278,3 +278,25 @@ def test_router_or_locus_config_instead_of_a_path(
     )
     reply = ChatLocus(config=config).invoke(QUESTION)
     assert reply.response_metadata["locus"]["locus"] == "solo"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_internal_data_reaches_the_cloud_pseudonymised_and_comes_back_restored(
+    zoned_config: Path, endpoint: tuple[str, ScriptedEndpoint], streamed: bool
+) -> None:
+    _, server = endpoint
+    before = len(server.requests)
+    llm = ChatLocus(config=str(zoned_config))
+    prompt = "Why does the server at 10.20.30.40 refuse connections?"
+    if streamed:
+        reply: Any = None
+        for chunk in llm.stream(prompt):
+            reply = chunk if reply is None else reply + chunk
+    else:
+        reply = llm.invoke(prompt)
+    info = reply.response_metadata["locus"]
+    assert (info["locus"], info["data_class"]) == ("cloud", "INTERNAL")
+    assert info["redacted"] == {"IP_ADDRESS": 1}
+    sent = json.dumps(server.requests[before:])
+    assert models_called(server, before) == ["scripted-cloud"] and "10.20.30.40" not in sent
+    assert "10.20.30.40" in reply.text  # the echoed placeholder was restored on the way back
