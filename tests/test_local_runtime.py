@@ -226,7 +226,10 @@ def test_cache_location_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_cli_models_add_and_list(
     locus_home: Path, tiny_llama: TinyLlama, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from locus_llm.local import cli, converter
     from locus_llm.local.cli import add_commands
+
+    assert cli.QUANTS == converter.QUANTS
 
     parser = argparse.ArgumentParser(prog="locus")
     add_commands(parser.add_subparsers())
