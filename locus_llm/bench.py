@@ -168,11 +168,19 @@ def _has_content(chunk: Any) -> bool:
     return bool(delta is not None and (delta.content or getattr(delta, "tool_calls", None)))
 
 
-def policy_refusal(router: Any, locus: str, prompt: str) -> str | None:
-    """Why the policy would not send the bench prompt to `locus`, or None if it would."""
-    decision = router.route([{"role": "user", "content": prompt}], locus=locus)
-    if decision.plan.loci:
-        return None
+def policy_refusal(router: Any, locus: str, prompts: list[str]) -> str | None:
+    """Why the policy would send none of the bench prompts to `locus`; None if it takes one.
+
+    A locus refused only some prompts is measured on the others (the refusals are counted).
+    """
+    first_refusal = None
+    for prompt in dict.fromkeys(prompts):
+        decision = router.route([{"role": "user", "content": prompt}], locus=locus)
+        if decision.plan.loci:
+            return None
+        first_refusal = first_refusal or decision
+    assert first_refusal is not None
+    decision = first_refusal
     reasons = decision.policy.denied.get(locus) or ["not allowed"]
     detail = f"denied by policy for a {decision.profile.data_class.name} prompt: " + "; ".join(
         reasons
@@ -300,7 +308,7 @@ def run_bench(
             bar.set_description(name)
             locus = config.locus(name)
             measured_at = _now()
-            refusal = policy_refusal(router, name, prompts[0])
+            refusal = policy_refusal(router, name, prompts[:requests])
             if refusal is not None:
                 skipped[name] = refusal
                 bar.update(requests)

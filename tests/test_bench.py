@@ -161,6 +161,25 @@ def test_a_locus_the_policy_denies_is_not_measured_and_says_why(
     assert "cloud: not measured: denied by policy" in format_table(document)
 
 
+def test_prompts_the_policy_refuses_are_counted_apart_from_errors(server: FaultServer, analyzer):
+    """The context-window rule refuses the long prompt only: the locus is measured on the rest."""
+    server.script("small", [ok(ANSWER)])
+    small = device_locus("small", server, context_window=300)
+    config = config_from_dict({"loci": [small]})
+    prompts = ["Name a colour.", "alpha beta gamma delta " * 100]
+    document = run_bench(
+        config, prompts=prompts, requests=4, warmup=0, max_tokens=32, analyzer=analyzer
+    )
+    entry = document["loci"]["small"]
+    assert entry["requests"] == 4 and entry["denied"] == 2 and entry["samples"] == 2
+    assert entry["error_rate"] == 0.0
+    assert server.calls("small") == 2
+    assert "small: 2 prompt(s) denied by policy, not sent" in format_table(document)
+    refused = run_bench(config, prompts=prompts[1:], requests=2, analyzer=analyzer)
+    assert refused["loci"] == {} and "context window" in refused["skipped"]["small"]
+    assert server.calls("small") == 2
+
+
 def test_rewriting_one_locus_keeps_the_others(tmp_path: Path):
     path = tmp_path / "profiles.json"
     old = {
