@@ -9,10 +9,11 @@ reads; point `profiles:` in the config (or LOCUS_PROFILES) at it and selection a
 use these numbers, marked `measured: True`, instead of the config's guesses.
 
 How a request is sent: as a streamed `router.completion(..., locus=NAME)`, so the policy decides
-whether the bench prompt may go to that locus at all — a prompt file may hold data that must not
+whether each bench prompt may go to that locus at all — a prompt file may hold data that must not
 leave, and sending it anyway to measure a cloud would be the very leak locus exists to prevent.
-A locus the policy denies for the bench prompt is not measured; the table says why (if analysis is
-unavailable every prompt is RESTRICTED and only the device zone can be measured: fail closed).
+Prompts the policy refuses are counted as `denied` (not errors) and not sent; a locus refused
+every prompt is not measured, and the table says why (if sensitivity analysis is unavailable every
+prompt is RESTRICTED and only the device zone can be measured: fail closed).
 The bench router differs from the configured one in three ways, so that each number means one
 thing: one attempt per request (no retry, no failover, no circuit breaker: a failure counts once
 as an error, and a slow locus is not hidden behind a retry); no profile file loaded; and one
