@@ -593,7 +593,7 @@ def test_client_leaving_a_plain_request_cancels_generation(
 def test_concurrency_is_bounded_and_overflow_gets_429() -> None:
     model = CharBigramModel("slow", seconds_per_token=0.02)
     app = create_app({"slow": model}, max_concurrency=2, max_queue=1)
-    request = {"model": "slow", "messages": USER, "max_tokens": 25, "temperature": 0}  # ~0.5 s each
+    request = {"model": "slow", "messages": USER, "max_tokens": 50, "temperature": 0}  # ~1 s each
     with ServerThread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
         with ThreadPoolExecutor(5) as pool:
             responses = list(
