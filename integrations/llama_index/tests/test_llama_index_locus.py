@@ -8,6 +8,7 @@ the LLM is what is under test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,3 +223,25 @@ def test_chat_engine_chat_and_stream(settings: Locus, endpoint) -> None:
 def test_router_instead_of_a_path(zoned_config: Path) -> None:
     router = Router.from_file(zoned_config)
     assert Locus(router=router).router is router
+
+
+def lookup_customer(customer_id: int) -> str:
+    """Look up a customer's record by customer number."""
+    return f"Customer {customer_id}: Jane Citizen, jane.citizen@example.com"
+
+
+async def test_function_agent_keeps_the_turn_after_a_sensitive_tool_result_on_prem(
+    zoned_config: Path, endpoint
+) -> None:
+    """LlamaIndex's FunctionAgent streams each turn and reads tool calls from partial responses."""
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    agent = FunctionAgent(tools=[lookup_customer], llm=Locus(config=zoned_config))
+    before = len(endpoint[1].requests)
+    result = await agent.run("Find customer 4512.")
+    assert "jane.citizen@example.com" in str(result)
+    turns = endpoint[1].requests[before:]
+    assert [t["model"] for t in turns] == ["scripted-cloud", "scripted-onprem"]
+    assert all(t["stream"] for t in turns)
+    assert "example.com" not in json.dumps(turns[0])
+    assert turns[1]["messages"][-1]["role"] == "tool"

@@ -41,6 +41,7 @@ from llama_index.core.constants import DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 
 from locus_llm.config import LocusConfig, config_from_dict
 from locus_llm.errors import InvalidRequestError, LocusError
@@ -134,6 +135,20 @@ def openai_tool_call(call_id: str | None, name: str, arguments: Any) -> dict[str
 def plain_tool_call(call: Any) -> dict[str, Any]:
     """A tool call as a plain dict, whether it came back from LiteLLM as an object or not."""
     return call.model_dump() if hasattr(call, "model_dump") else dict(call)
+
+
+def tool_arguments(name: str | None, raw: str | None, *, partial: bool) -> dict[str, Any]:
+    """A tool call's arguments. Agents read streams as they arrive (`partial`): the JSON may be
+    cut short there, and is completed as far as it goes (LlamaIndex's own partial parser)."""
+    try:
+        return json.loads(raw or "{}")
+    except ValueError as exc:
+        if not partial:
+            raise ValueError(f"tool call {name!r} has arguments that are not JSON: {exc}") from exc
+    try:
+        return parse_partial_json(raw or "{}")
+    except ValueError:
+        return {}
 
 
 def routing_context(defaults: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -416,12 +431,9 @@ class Locus(FunctionCallingLLM):
         selections = []
         for call in calls:
             function = call.get("function") or {}
-            try:
-                arguments = json.loads(function.get("arguments") or "{}")
-            except ValueError as exc:
-                raise ValueError(
-                    f"tool call {function.get('name')!r} has arguments that are not JSON: {exc}"
-                ) from exc
+            arguments = tool_arguments(
+                function.get("name"), function.get("arguments"), partial=not error_on_no_tool_call
+            )
             selections.append(
                 ToolSelection(
                     tool_id=call.get("id") or uuid.uuid4().hex,
