@@ -61,7 +61,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class OnnxNer:
     """The tagger itself: text in, (type, start, end, score) out. Thread-safe (ORT sessions are)."""
 
-    def __init__(self, model_dir: Path = MODEL_DIR, threads: int = 2) -> None:
+    def __init__(self, model_dir: Path = MODEL_DIR, threads: int = 1) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -80,6 +80,9 @@ class OnnxNer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No busy-waiting between ops: on a shared machine spinning threads steal the cores
+        # the other requests (and other processes) need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(model_file), options, providers=["CPUExecutionProvider"]
         )
