@@ -6,7 +6,7 @@ Writes into --out (default: the model directory):
   difficulty_eval.json              ROC-AUC for "a strong model is needed" on llmrouter_sample
                                     (difficulty score vs prompt length), routing summaries
   routellm_sample_routing.{png,json}   GPT-4 vs Mixtral cost–quality curve
-  llmrouter_sample_routing.{png,json}  nemotron-49B vs llama-3.1-8B cost–quality curve
+  llmrouter_sample_routing.{png,json}  nemotron-51B vs mistral-7B cost–quality curve
   confusion.png                     task confusion matrix on the dev split (from metrics.json)
 """
 
@@ -30,7 +30,7 @@ from locus_llm.analysis.train import (
 from locus_llm.evaluation import evaluate_routing, length_scores
 
 ROUTELLM = ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")
-LLMROUTER = ("llama-3.3-nemotron-super-49b-v1", "llama-3.1-8b-instruct")
+LLMROUTER = ("llama-3.1-nemotron-51b-instruct", "mistral-7b-instruct-v0.3")
 
 
 def strong_needed_auc(model: RouterClassifier, path: Path) -> dict[str, object]:

@@ -28,10 +28,9 @@ from locus_llm.evaluation import evaluate_routing, routing_curve
 
 UNAMBIGUOUS = {
     "summarization": (
-        "Summarize the following paragraph in two sentences.\n\nThe city council met on Tuesday "
-        "to discuss the new budget. After a long debate about road repairs, school funding and "
-        "the cost of the new library, members voted seven to two to approve a plan that raises "
-        "spending on schools and delays the library by one year."
+        "Please summarize this article: Scientists have discovered a new species of frog in the "
+        "rainforests of Peru. The frog is bright orange and is smaller than a fingernail. "
+        "Researchers say the discovery shows how much is still unknown about the region."
     ),
     "math": (
         "Tom has 3 boxes with 12 apples in each box. He gives 7 apples to his sister and eats 2. "

@@ -5,9 +5,10 @@ The model is small on purpose (p50 ≤ 3 ms per prompt on a shared 2-core machin
      through the full 6-layer encoder ([CLS] token [SEP], mean-pooled), stored int8 per row;
   2. a prompt vector: the IDF-weighted mean of the table rows of the prompt's tokens (a bounded
      window: head and tail), the same mean over its first 24 tokens, and log(token count);
-  3. two heads on that vector: a task MLP (softmax) and a difficulty MLP (sigmoid).
-The table is frozen, so pooled vectors are computed once and only the heads are trained: minutes
-on a CPU. Retraining on a user's file reuses the table of the packaged model (no MiniLM needed).
+  3. on that vector: a task MLP (softmax), and difficulty as the mean label of the 30 most
+     similar scored training prompts (a nearest-neighbour memory stored in the graph).
+The table is frozen, so pooled vectors are computed once and only the task head is trained:
+minutes on a CPU. Retraining on a user's file reuses the table of the packaged model (no MiniLM needed).
 
 torch is imported lazily and only here (the `train` extra); nothing in this module runs at
 request time.
@@ -23,6 +24,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ LLMROUTER_TASKS = {
 # merged, the label set is one a router can act on.
 MERGED_TASKS = {"general_qa": "open_qa"}
 STRONG_MIN_BILLIONS = 30.0
+STRONG_NEEDED = 0.5  # difficulty label at or above which a prompt "needs a strong model"
 SMALL_MAX_BILLIONS = 13.0
 
 
@@ -80,7 +83,7 @@ class TrainConfig:
     epochs: int = 15
     seed: int = 0
     task_hidden: int = 256
-    difficulty_hidden: int = 64
+    neighbours: int = 30
     dev_percent: int = 15
     batch: int = 512
     window: Window = field(default_factory=Window)
@@ -343,6 +346,47 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 # ---------------------------------------------------------------- heads and export
 
 
+@dataclass
+class DifficultyMemory:
+    """Difficulty as a nearest-neighbour estimate over scored training prompts.
+
+    A prompt's difficulty is the share of the `k` scored prompts most similar to it (cosine over
+    the pooled vectors, standardised among the scored prompts) on which a strong model was
+    needed: difficulty label >= 0.5, i.e. most small models fell short where the best strong
+    model did not. Tried against MLP heads on the same vectors,
+    it generalised better to the RouteLLM sample (a different benchmark mix); it needs no
+    fitting, so retraining on a user's scored logs is just storing them.
+    """
+
+    vectors: np.ndarray  # [n, d] unit rows
+    values: np.ndarray  # [n] 1.0 where a strong model was needed, else 0.0
+    k: int
+    center: np.ndarray  # [d] mean of the scored prompts: similarity is measured among them
+    spread: np.ndarray  # [d]
+
+    @classmethod
+    def build(cls, features: np.ndarray, labels: np.ndarray, k: int) -> DifficultyMemory:
+        pooled = features[:, :-1]  # the length column is not a similarity cue
+        center = pooled.mean(0)
+        spread = pooled.std(0) + 1e-3
+        vectors = _unit_rows((pooled - center) / spread)
+        values = (labels >= STRONG_NEEDED).astype(np.float32)
+        return cls(vectors, values, max(1, min(k, len(labels))), center, spread)
+
+    def query(self, features: np.ndarray) -> np.ndarray:
+        return _unit_rows((features[:, :-1] - self.center) / self.spread)
+
+    def difficulty(self, features: np.ndarray) -> np.ndarray:
+        similarity = self.query(features) @ self.vectors.T
+        nearest = np.argpartition(-similarity, self.k - 1, axis=1)[:, : self.k]
+        return self.values[nearest].mean(1)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
+    return (matrix / norms).astype(np.float32)
+
+
 def _mlp(torch: Any, inputs: int, hidden: int, outputs: int, dropout: float) -> Any:
     nn = torch.nn
     return nn.Sequential(
@@ -362,26 +406,19 @@ def _train_head(
     hidden: int,
     epochs: int,
     batch: int,
-    soft: bool,
-    class_weight: np.ndarray | None = None,
+    class_weight: np.ndarray,
 ) -> Any:
     x = torch.tensor(features)
     y = torch.tensor(targets)
-    head = _mlp(torch, features.shape[1], hidden, outputs, dropout=0.2 if not soft else 0.3)
-    optimizer = torch.optim.AdamW(
-        head.parameters(), lr=2e-3, weight_decay=1e-2 if not soft else 5e-2
-    )
-    weight = torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None
+    head = _mlp(torch, features.shape[1], hidden, outputs, dropout=0.2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-2)
+    weight = torch.tensor(class_weight, dtype=torch.float32)
     for _ in range(epochs):
         head.train()
         order = torch.randperm(len(x))
         for start in range(0, len(x), batch):
             index = order[start : start + batch]
-            logits = head(x[index])
-            if soft:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y[index])
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, y[index], weight=weight)
+            loss = torch.nn.functional.cross_entropy(head(x[index]), y[index], weight=weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -397,7 +434,7 @@ def _export(
     mean: np.ndarray,
     std: np.ndarray,
     task_head: Any,
-    difficulty_head: Any,
+    memory: DifficultyMemory,
 ) -> None:
     class RouterGraph(torch.nn.Module):
         def __init__(self) -> None:
@@ -408,7 +445,10 @@ def _export(
             self.register_buffer("feature_mean", torch.tensor(mean))
             self.register_buffer("feature_std", torch.tensor(std))
             self.task_head = task_head
-            self.difficulty_head = difficulty_head
+            self.register_buffer("memory_vectors", torch.tensor(memory.vectors))
+            self.register_buffer("memory_values", torch.tensor(memory.values))
+            self.register_buffer("memory_center", torch.tensor(memory.center))
+            self.register_buffer("memory_spread", torch.tensor(memory.spread))
 
         def forward(self, input_ids: Any) -> tuple[Any, Any]:
             present = (input_ids != PAD_ID).float()
@@ -423,11 +463,20 @@ def _export(
             length = torch.log1p(present.sum(1, keepdim=True))
             x = (torch.cat([pooled, head, length], 1) - self.feature_mean) / self.feature_std
             task_probs = torch.softmax(self.task_head(x), dim=-1)
-            difficulty = torch.sigmoid(self.difficulty_head(x)[:, 0])
+            centred = (x[:, :-1] - self.memory_center) / self.memory_spread
+            query = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            nearest = torch.topk(query @ self.memory_vectors.T, memory.k, dim=1).indices
+            difficulty = self.memory_values[nearest].mean(1)
             return task_probs, difficulty
 
     graph = RouterGraph().eval()
     example = torch.ones((1, 8), dtype=torch.long)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export_graph(torch, graph, example, path)
+
+
+def _export_graph(torch: Any, graph: Any, example: Any, path: Path) -> None:
     torch.onnx.export(
         graph,
         (example,),
@@ -511,7 +560,6 @@ def train_router(
         config.task_hidden,
         config.epochs,
         config.batch,
-        soft=False,
         class_weight=class_weight / class_weight.mean(),
     )
 
@@ -520,20 +568,13 @@ def train_router(
         [e.difficulty if e.difficulty is not None else 0.0 for e in examples], dtype=np.float32
     )
     difficulty_rows = has_difficulty & ~dev
-    if difficulty_rows.sum() >= 2:
-        difficulty_head = _train_head(
-            torch,
-            features[difficulty_rows],
-            difficulty_y[difficulty_rows],
-            1,
-            config.difficulty_hidden,
-            config.epochs,
-            min(config.batch, 128),
-            soft=True,
+    if difficulty_rows.any():
+        memory = DifficultyMemory.build(
+            features[difficulty_rows], difficulty_y[difficulty_rows], config.neighbours
         )
-    else:  # no scores: a constant 1.0 difficulty head, i.e. "send to the strong side"
+    else:  # no scores: every prompt gets 1.0, i.e. "send to the strong side"
         log("no per-model scores: difficulty is 1.0 for every prompt")
-        difficulty_head = _constant_head(torch, features.shape[1], 1.0)
+        memory = DifficultyMemory.build(features[:1], np.ones(1, dtype=np.float32), 1)
 
     metrics = _dev_metrics(
         torch,
@@ -545,12 +586,10 @@ def train_router(
         task_head,
         has_difficulty,
         difficulty_y,
-        difficulty_head,
+        memory,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _export(
-        torch, out_dir / "model.onnx", table, scale, weight, mean, std, task_head, difficulty_head
-    )
+    _export(torch, out_dir / "model.onnx", table, scale, weight, mean, std, task_head, memory)
     shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
     labels = {"format": LABELS_FORMAT, "tasks": tasks, "window": window.to_json()}
     (out_dir / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
@@ -569,14 +608,6 @@ def train_router(
     return metrics
 
 
-def _constant_head(torch: Any, inputs: int, probability: float) -> Any:
-    head = torch.nn.Linear(inputs, 1)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(float(np.log(probability / (1 - probability))) if probability < 1 else 20.0)
-    return head.eval()
-
-
 def _dev_metrics(
     torch: Any,
     features: np.ndarray,
@@ -587,7 +618,7 @@ def _dev_metrics(
     task_head: Any,
     has_difficulty: np.ndarray,
     difficulty_y: np.ndarray,
-    difficulty_head: Any,
+    memory: DifficultyMemory,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {"tasks": tasks}
     rows = dev & has_task
@@ -609,10 +640,9 @@ def _dev_metrics(
         }
     rows = dev & has_difficulty
     if rows.sum() >= 2:
-        with torch.no_grad():
-            score = torch.sigmoid(difficulty_head(torch.tensor(features[rows]))[:, 0]).numpy()
+        score = memory.difficulty(features[rows])
         metrics["difficulty_dev"] = {
-            "auc_strong_needed": round(roc_auc(difficulty_y[rows] >= 0.5, score), 4),
+            "auc_strong_needed": round(roc_auc(difficulty_y[rows] >= STRONG_NEEDED, score), 4),
             "rows": int(rows.sum()),
         }
     return metrics
