@@ -205,3 +205,14 @@ def test_oversized_requests_are_refused(http_server: HttpServer, token: str) -> 
     big = json.dumps({**INITIALIZE, "padding": "x" * MAX_BODY}).encode()
     assert post(http_server.url, auth, big).status_code == 413
     assert post(http_server.url, auth).status_code == 200
+
+
+def test_malformed_requests_get_4xx_and_the_server_lives_on(
+    http_server: HttpServer, token: str
+) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    assert post(http_server.url, auth, b"this is not json").status_code == 400
+    assert post(http_server.url, auth, b'{"jsonrpc": "2.0", "id": 1}').status_code == 400
+    wrong_type = {**auth, "Content-Type": "text/plain"}
+    assert post(http_server.url, wrong_type).status_code in {400, 415}
+    assert post(http_server.url, auth).status_code == 200

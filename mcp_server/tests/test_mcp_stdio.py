@@ -282,3 +282,26 @@ def test_bad_config_fails_at_start_with_the_field_named(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "loci.x.zone" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_garbage_on_stdin_does_not_kill_the_server(tmp_path: Path) -> None:
+    import subprocess
+
+    process = subprocess.Popen([str(LOCUS_MCP)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env=server_env())  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        initialize = {"jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+        for line in (b"this is not json\n", b'{"jsonrpc": "2.0", "id": 1}\n', b"[1, 2\n",
+                     (json.dumps(initialize) + "\n").encode()):  # fmt: skip
+            process.stdin.write(line)
+        process.stdin.flush()
+        while (line := process.stdout.readline()) and json.loads(line).get("id") != 7:
+            pass  # error answers to the garbage, if any
+        assert line, "the server exited"
+        assert json.loads(line)["result"]["serverInfo"]["name"] == "locus"
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
