@@ -92,6 +92,25 @@ def test_cancellation_stops_generation(tiny_model: OnnxChatModel) -> None:
     assert seen[-1].usage["completion_tokens"] < 5  # type: ignore[index]
 
 
+def test_prefill_in_chunks_gives_the_same_answer(
+    tiny_model: OnnxChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from locus_llm.local import runtime
+
+    whole = run(tiny_model, max_tokens=16)
+    monkeypatch.setattr(runtime, "PREFILL_CHUNK", 5)
+    assert len(tiny_model.encode_chat(MESSAGES)) > 3 * 5
+    assert run(tiny_model, max_tokens=16) == whole
+
+
+def test_cancelled_before_the_first_token(tiny_model: OnnxChatModel) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    deltas = list(tiny_model.stream_chat(MESSAGES, max_tokens=10, cancel=cancel))
+    assert [(d.text, d.finish_reason) for d in deltas] == [("", "cancelled")]
+    assert deltas[0].usage["completion_tokens"] == 0  # type: ignore[index]
+
+
 def test_prompt_beyond_the_context_window_is_a_clear_error(tiny_model: OnnxChatModel) -> None:
     long = [{"role": "user", "content": "Paris is the capital. " * 40}]
     with pytest.raises(ContextWindowExceeded, match=f"context window of {CONTEXT_LENGTH} tokens"):

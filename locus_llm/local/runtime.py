@@ -26,6 +26,8 @@ from locus_llm.local.base import ContextWindowExceeded, Delta
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# Prompt tokens per forward pass during prefill.
+PREFILL_CHUNK = 256
 # Beyond this many candidates, nucleus sampling sorts the whole vocabulary (rarely needed).
 _NUCLEUS_CANDIDATES = 256
 # Used when a model folder carries no chat template: plain role-tagged turns.
@@ -274,13 +276,20 @@ class OnnxChatModel:
         generated = 0
         finish = "length"
         cache = self._empty_cache()
-        feed, position = list(prompt_ids), 0
-        while True:
+        # The prompt goes in by chunks: a cancel is seen between them, and the attention
+        # scores of one chunk (chunk × context) stay small even for a full context window.
+        position = 0
+        logits: np.ndarray | None = None
+        for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             if cancel is not None and cancel.is_set():
+                break
+            chunk = prompt_ids[start : start + PREFILL_CHUNK]
+            logits, cache = self._step(chunk, position, cache)
+            position += len(chunk)
+        while True:
+            if logits is None or (cancel is not None and cancel.is_set()):
                 finish = "cancelled"
                 break
-            logits, cache = self._step(feed, position, cache)
-            position += len(feed)
             token = sample_token(logits, temperature, top_p, rng)
             if token in self.eos_token_ids:
                 finish = "stop"
@@ -299,7 +308,8 @@ class OnnxChatModel:
             if generated >= budget:
                 finish = "length"
                 break
-            feed = [token]
+            logits, cache = self._step([token], position, cache)
+            position += 1
         usage = {
             "prompt_tokens": len(prompt_ids),
             "completion_tokens": generated,
