@@ -42,18 +42,21 @@ def packaged_model_dir() -> Path:
 class Window:
     """Which tokens of a long prompt are read: the first `head` and the last `tail`.
 
-    Text is first cut to its first and last `max_chars` characters, so tokenising a very long
-    prompt costs a bounded time too.
+    Text longer than `max_chars` is first cut to its opening and closing characters, shared in
+    the head:tail ratio (8 characters per token leaves room for long words), so tokenising a
+    very long prompt costs a bounded time too: tokenising is most of the cost at 2,000 words.
     """
 
     head: int = 192
     tail: int = 64
-    max_chars: int = 6000
+    max_chars: int = 2048
 
     def clip_text(self, text: str) -> str:
-        if len(text) <= 2 * self.max_chars:
+        if len(text) <= self.max_chars:
             return text
-        return text[: self.max_chars] + "\n" + text[-self.max_chars :]
+        head_chars = self.max_chars * self.head // (self.head + self.tail)
+        tail_chars = self.max_chars - head_chars
+        return text[:head_chars] + "\n" + text[-tail_chars:]
 
     def clip_ids(self, ids: list[int]) -> list[int]:
         if len(ids) <= self.head + self.tail:
