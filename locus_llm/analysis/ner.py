@@ -9,6 +9,7 @@ digits …) is fed beside each word piece: capitalisation is the strongest cue f
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,41 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+_NAME_BREAK = re.compile(r"\n|[\"“”«»]")
+_WORD = re.compile(r"\S+")
+
+
+def tidy(
+    text: str, span: tuple[str, int, int, float], mixed_case: bool
+) -> list[tuple[str, int, int, float]]:
+    """Cut a name or organisation where no name continues: at a line break or a quote, and
+    before trailing lower-case words ("Charlotte Mathiassen | as a beneficiary"). In text that
+    uses capitals at all, a name with no capital letter is dropped. Addresses are left whole:
+    they do run over lines."""
+    etype, start, end, score = span
+    if etype not in ("PERSON", "ORGANIZATION", "NRP"):
+        return [span]
+    pieces = []
+    cut = start
+    for match in _NAME_BREAK.finditer(text, start, end):
+        pieces.append((cut, match.start()))
+        cut = match.end()
+    pieces.append((cut, end))
+    out = []
+    for a, b in pieces:
+        words = [m for m in _WORD.finditer(text, a, b)]
+        if etype == "PERSON" and mixed_case:
+            while len(words) > 1 and words[-1].group().isalpha() and words[-1].group().islower():
+                words.pop()
+        if not words:
+            continue
+        a, b = words[0].start(), words[-1].end()
+        if mixed_case and etype != "NRP" and text[a:b] == text[a:b].lower():
+            continue
+        out.append((etype, a, b, score))
+    return out
+
+
 class OnnxNer:
     """The tagger itself: text in, (type, start, end, score) out. Thread-safe (ORT sessions are)."""
 
@@ -74,6 +110,8 @@ class OnnxNer:
         meta = json.loads((model_dir / "labels.json").read_text())
         self.labels: list[str] = meta["labels"]
         self.types = sorted({label[2:] for label in self.labels if label != "O"})
+        self._b = {t: self.labels.index(f"B-{t}") for t in self.types}
+        self._i = {t: self.labels.index(f"I-{t}") for t in self.types}
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
@@ -98,7 +136,12 @@ class OnnxNer:
         words = encoding.word_ids
         cases = case_ids_for(text, offsets)
         probs = self._piece_probabilities(ids, cases)
-        return self._spans(probs, offsets, words)
+        mixed_case = text != text.lower()
+        return [
+            piece
+            for span in self._spans(probs, offsets, words)
+            for piece in tidy(text, span, mixed_case)
+        ]
 
     def _piece_probabilities(self, ids: list[int], cases: list[int]) -> np.ndarray:
         """Label probabilities per piece, averaged over the overlapping windows that saw it."""
@@ -133,33 +176,36 @@ class OnnxNer:
     def _spans(
         self, probs: np.ndarray, offsets: list[tuple[int, int]], words: list[int | None]
     ) -> list[tuple[str, int, int, float]]:
-        """Word-level BIO decoding: a word takes its first piece's label; an entity is a B (or a
-        stray I) followed by I's of its type."""
-        best = probs.argmax(axis=-1)
+        """Word-level BIO decoding. A word's label is the best type over the mean of its pieces'
+        probabilities (B and I summed), so one odd piece cannot drop half a name; a word starts
+        a new entity when its type changes or B outweighs I."""
+        groups: list[tuple[int, int, np.ndarray]] = []  # (start, end, mean probabilities)
+        j = 0
+        while j < len(words):
+            k = j + 1
+            while k < len(words) and words[k] is not None and words[k] == words[j]:
+                k += 1
+            groups.append((offsets[j][0], offsets[k - 1][1], probs[j:k].mean(axis=0)))
+            j = k
         spans: list[tuple[str, int, int, float]] = []
         current: list[Any] | None = None  # [type, start, end, [scores]]
-        previous_word = None
-        for j, word in enumerate(words):
-            if word is not None and word == previous_word:
-                if current is not None:  # continuation piece extends the open entity
-                    current[2] = max(current[2], offsets[j][1])
-                continue
-            previous_word = word
-            label = self.labels[int(best[j])]
-            if label == "O":
+        for start, end, p in groups:
+            by_type = {t: p[self._b[t]] + p[self._i[t]] for t in self.types}
+            etype = max(by_type, key=by_type.__getitem__)
+            score = float(by_type[etype])
+            if score <= p[0]:
                 if current is not None:
                     spans.append(_closed(current))
                     current = None
                 continue
-            prefix, etype = label[0], label[2:]
-            score = float(probs[j, best[j]])
-            if current is not None and (prefix == "B" or current[0] != etype):
+            begins = p[self._b[etype]] > p[self._i[etype]]
+            if current is not None and (begins or current[0] != etype):
                 spans.append(_closed(current))
                 current = None
             if current is None:
-                current = [etype, offsets[j][0], offsets[j][1], [score]]
+                current = [etype, start, end, [score]]
             else:
-                current[2] = offsets[j][1]
+                current[2] = end
                 current[3].append(score)
         if current is not None:
             spans.append(_closed(current))
