@@ -63,13 +63,34 @@ _NAME_BREAK = re.compile(r"\n|[\"“”«»]")
 _WORD = re.compile(r"\S+")
 
 
+# Titles are not part of the name (presidio-research labels them apart); words that start a
+# chat turn are not names.
+_HONORIFICS = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "dame", "rev", "lord"}
+_NOT_NAMES = {
+    "bot",
+    "user",
+    "assistant",
+    "sir",
+    "madam",
+    "dear",
+    "hi",
+    "hello",
+    "thanks",
+    "customer",
+}
+
+
+def _lower_word(word: str) -> bool:
+    return word.isalpha() and word.islower()
+
+
 def tidy(
     text: str, span: tuple[str, int, int, float], mixed_case: bool
 ) -> list[tuple[str, int, int, float]]:
     """Cut a name or organisation where no name continues: at a line break or a quote, and
     before trailing lower-case words ("Charlotte Mathiassen | as a beneficiary"). In text that
     uses capitals at all, a name with no capital letter is dropped. Addresses are left whole:
-    they do run over lines."""
+    they do run over lines. Honorifics are cut from the front of a name."""
     etype, start, end, score = span
     if etype not in ("PERSON", "ORGANIZATION", "NRP"):
         return [span]
@@ -82,9 +103,16 @@ def tidy(
     out = []
     for a, b in pieces:
         words = [m for m in _WORD.finditer(text, a, b)]
-        if etype == "PERSON" and mixed_case:
-            while len(words) > 1 and words[-1].group().isalpha() and words[-1].group().islower():
-                words.pop()
+        if etype == "PERSON":
+            while words and words[0].group().lower().rstrip(".") in _HONORIFICS:
+                words.pop(0)
+            if mixed_case:
+                while words and _lower_word(words[-1].group()):
+                    words.pop()
+                while words and _lower_word(words[0].group()):
+                    words.pop(0)
+            if len(words) == 1 and words[0].group().lower() in _NOT_NAMES:
+                continue
         if not words:
             continue
         a, b = words[0].start(), words[-1].end()
