@@ -43,9 +43,6 @@ def require_command() -> None:
 def locus_config(server: FaultServer, folder: Path) -> Path:
     """device: the real SmolLM2; onprem and cloud: the loopback server (cloud needs a key)."""
     config = {
-        # Pattern recognizers only (TFN, e-mail, cards...): names/places need the NER model,
-        # another issue's artefact, and are not what these tests are about.
-        "sensitivity": {"ner": "none"},
         "decision_log": str(folder / "decisions.jsonl"),
         "local_models": ["smollm2"],
         "loci": [

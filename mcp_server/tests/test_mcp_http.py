@@ -107,11 +107,14 @@ def test_every_tool_and_resource_over_http(
 
     chat = structured(out["chat"])
     assert chat["answer"] == "Paris is the capital of France." and chat["locus"] == "cloud"
-    assert chat["data_class"] == "PUBLIC" and chat["usage"]["completion_tokens"] == 6
+    assert chat["usage"]["completion_tokens"] == 6
     assert out["progress"] == [1, 2, 3, 4, 5, 6]  # one notification per streamed chunk
     assert loopback.calls("cloud") == 1
     sent = loopback.requests[0]["body"]
     assert sent["stream"] is True and sent["model"] == "cloud"
+    # A place name makes the request INTERNAL: it may reach the cloud, but pseudonymised.
+    assert chat["data_class"] == "INTERNAL" and chat["redacted"] == {"LOCATION": 1}
+    assert "France" not in json.dumps(sent["messages"])
 
     route = structured(out["route"])
     assert route["locus"] in route["allowed"] and route["plan"][0] == route["locus"]
