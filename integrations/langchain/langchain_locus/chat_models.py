@@ -66,8 +66,6 @@ ROUTING_FIELDS = (
     "max_cost_usd",
     "data_label",
 )
-# Keyword arguments that steer routing rather than generation.
-PIN_KEYS = ("locus", "model")
 
 
 @cache
