@@ -230,6 +230,10 @@ class Run:
         first_timeout = locus.ttft_timeout_s if locus.ttft_timeout_s and not last else locus.timeout_s
         chunk_timeout = locus.stall_timeout_s or locus.timeout_s
         timeout = locus.timeout_s
+        if isinstance(self.params.get("timeout"), int | float):  # the caller's timeout: a cap
+            cap = float(self.params["timeout"])
+            timeout, first_timeout, chunk_timeout = (min(t, cap) for t in
+                                                     (timeout, first_timeout, chunk_timeout))
         if self.params.get("stream"):
             # the sync HTTP client has one read timeout for every chunk, the first included
             timeout = min(first_timeout, chunk_timeout) if not last else max(first_timeout,
@@ -512,7 +516,8 @@ def _attach(response: Any, info: dict[str, Any]) -> None:
     response.locus = info
     hidden = getattr(response, "_hidden_params", None)
     if isinstance(hidden, dict):
-        hidden["locus"] = info
+        # a new dict: LiteLLM's logging thread may be serialising the old one right now
+        response._hidden_params = {**hidden, "locus": info}
 
 
 def _mark(exc: BaseException) -> None:

@@ -263,6 +263,7 @@ class Router:
             "redacted": dict(run.redacted) if run else {},
             "data_class": profile.data_class.name,
             "task": profile.task,
+            "timings_ms": {k: round(v, 3) for k, v in decision.timings_ms.items()},
         }
         record = {
             "id": decision.id,
