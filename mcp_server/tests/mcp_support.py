@@ -41,7 +41,9 @@ def require_command() -> None:
 
 
 def locus_config(server: FaultServer, folder: Path) -> Path:
-    """device: the real SmolLM2; onprem and cloud: the loopback server (cloud needs a key)."""
+    """device: the real SmolLM2; onprem and cloud: the loopback server (cloud needs a key).
+
+    Timeouts are generous: a loaded shared machine must not turn into a failover."""
     config = {
         "decision_log": str(folder / "decisions.jsonl"),
         "local_models": ["smollm2"],
@@ -63,7 +65,7 @@ def locus_config(server: FaultServer, folder: Path) -> Path:
                 "capability": 2,
                 "usd_per_mtok_in": 0.2,
                 "usd_per_mtok_out": 0.2,
-                "timeout_s": 10.0,
+                "timeout_s": 60.0,
                 "max_retries": 0,
             },
             {
@@ -75,7 +77,7 @@ def locus_config(server: FaultServer, folder: Path) -> Path:
                 "capability": 5,
                 "usd_per_mtok_in": 2.5,
                 "usd_per_mtok_out": 10.0,
-                "timeout_s": 10.0,
+                "timeout_s": 60.0,
                 "max_retries": 0,
             },
         ],
