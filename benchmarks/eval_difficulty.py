@@ -8,6 +8,8 @@ Writes into --out (default: the model directory):
   routellm_sample_routing.{png,json}   GPT-4 vs Mixtral cost–quality curve
   llmrouter_sample_routing.{png,json}  nemotron-51B vs mistral-7B cost–quality curve
   confusion.png                     task confusion matrix on the dev split (from metrics.json)
+and the mean difficulty per task type on dev-split task_prompts rows (no scores there: it shows
+whether simple work is judged easy).
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ import numpy as np
 from locus_llm.analysis.classifier import RouterClassifier, packaged_model_dir
 from locus_llm.analysis.train import (
     DEFAULT_SHARED_DATA,
+    MERGED_TASKS,
     SHARED_DATA_ENV,
+    Example,
     difficulty_label,
+    group_key,
+    in_dev,
+    prompt_text,
     roc_auc,
     split_models,
 )
@@ -54,6 +61,22 @@ def strong_needed_auc(model: RouterClassifier, path: Path) -> dict[str, object]:
         "auc_difficulty": round(roc_auc(labels, difficulty), 4),
         "auc_length": round(roc_auc(labels, length_scores(prompts)), 4),
         "per_task": per_task,
+    }
+
+
+def difficulty_by_task(model: RouterClassifier, path: Path, per_task: int = 150) -> dict:
+    """Mean difficulty the model gives each task type, on dev-split task_prompts rows."""
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+    seen: dict[str, list[float]] = {}
+    for row in rows:
+        task = MERGED_TASKS.get(row["task_type"], row["task_type"])
+        if not in_dev(Example(text="", group=group_key(row["prompt"])), 15):
+            continue
+        if len(seen.setdefault(task, [])) < per_task:
+            seen[task].append(model.classify(prompt_text(row)).difficulty)
+    return {
+        t: {"rows": len(v), "mean_difficulty": round(float(np.mean(v)), 3)}
+        for t, v in sorted(seen.items())
     }
 
 
@@ -108,6 +131,9 @@ def main() -> int:
             k: summary[k]
             for k in ("strong", "weak", "strong_quality", "weak_quality", "routers", "table")
         }
+    report["task_prompts_dev_difficulty"] = difficulty_by_task(
+        model, Path(args.data) / "task_prompts" / "train.jsonl"
+    )
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())

@@ -277,3 +277,18 @@ def test_evaluation_input_errors_name_the_file(tmp_path: Path) -> None:
     data.write_text(json.dumps({"prompt": "x", "scores": {"a": 1}}) + "\n")
     with pytest.raises(EvaluationError, match="scores.jsonl"):
         evaluate_routing(data, scorer=lambda ps: np.zeros(len(ps)))
+
+
+def test_eval_routing_command_runs_on_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from locus_llm.evaluation import add_commands
+
+    data = tmp_path / "eval.jsonl"
+    _scored_file(data)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "routing", "--data", str(data), "--out", str(tmp_path)])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "strong=big weak=small" in out and "eval_routing.png" in out
