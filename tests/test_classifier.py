@@ -292,3 +292,13 @@ def test_eval_routing_command_runs_on_a_file(
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "strong=big weak=small" in out and "eval_routing.png" in out
+
+
+def test_classify_is_safe_from_many_threads(shipped: RouterClassifier) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = list(UNAMBIGUOUS.values()) * 10
+    alone = [shipped.classify(p) for p in prompts]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(shipped.classify, prompts))
+    assert together == alone

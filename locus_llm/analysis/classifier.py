@@ -2,9 +2,10 @@
 
 The packaged model (`locus_llm/models/router/`) is one ONNX graph over the token ids of a bounded
 window of the prompt: a static token table distilled from all-MiniLM-L6-v2 (int8, one row per
-vocabulary entry), a pooled prompt vector, and two light heads — a softmax over task types and a
-sigmoid for difficulty. onnxruntime and the tokenizer are imported inside `load`, so importing this
-module costs nothing; no torch at run time.
+vocabulary entry), a pooled prompt vector, a softmax head over task types, and difficulty as the
+share of the most similar scored training prompts that needed a strong model (see MODEL_CARD.md).
+onnxruntime and the tokenizer are imported inside `load`, so importing this module costs
+nothing; no torch at run time.
 
 Files of a model directory:
   model.onnx      inputs `input_ids` int64 [batch, tokens]; outputs `task_probs` [batch, tasks],
@@ -172,7 +173,3 @@ class RouterClassifier:
         scores = {task: float(p) for task, p in zip(self.tasks, task_probs[0], strict=True)}
         best = max(scores, key=scores.__getitem__)
         return TaskEstimate(task=best, task_scores=scores, difficulty=float(difficulty[0]))
-
-    def classify_batch(self, texts: list[str]) -> list[TaskEstimate]:
-        """Several prompts, one at a time (the graph is per-prompt; batching buys little here)."""
-        return [self.classify(text) for text in texts]
