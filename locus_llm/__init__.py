@@ -26,7 +26,11 @@ _EXPORTS = {
     "Decision": "locus_llm.router",
     "Router": "locus_llm.router",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ConfigError", "DataClass", "Decision", "DispatchError", "InvalidRequestError", "LocusConfig",
+    "LocusError", "NoAllowedLocusError", "PolicyError", "RequestProfile", "Router", "RoutingContext",
+    "load_config",
+]
 
 if TYPE_CHECKING:
     from locus_llm.config import LocusConfig, load_config
