@@ -169,19 +169,27 @@ def _has_content(chunk: Any) -> bool:
     return bool(delta is not None and (delta.content or getattr(delta, "tool_calls", None)))
 
 
-def policy_refusal(router: Any, locus: str, prompts: list[str]) -> str | None:
-    """Why the policy would send none of the bench prompts to `locus`; None if it takes one.
+def policy_refusal(router: Any, locus: str, prompts: list[str], max_tokens: int) -> str | None:
+    """Why the router would send none of the bench prompts to `locus`; None if it takes one.
 
     A locus refused only some prompts is measured on the others (the refusals are counted).
     """
-    first_refusal = None
+    first_reason = None
     for prompt in dict.fromkeys(prompts):
-        decision = router.route([{"role": "user", "content": prompt}], locus=locus)
+        messages = [{"role": "user", "content": prompt}]
+        try:
+            decision = router.route(messages, locus=locus, max_tokens=max_tokens)
+        except NoAllowedLocusError as exc:  # refused before the policy (e.g. fits no locus)
+            first_reason = first_reason or f"refused: {exc}"
+            continue
         if decision.plan.loci:
             return None
-        first_refusal = first_refusal or decision
-    assert first_refusal is not None
-    decision = first_refusal
+        first_reason = first_reason or denial(decision, locus)
+    return first_reason
+
+
+def denial(decision: Any, locus: str) -> str:
+    """The policy's reasons, and whether the data class came from failed analysis."""
     reasons = decision.policy.denied.get(locus) or ["not allowed"]
     detail = f"denied by policy for a {decision.profile.data_class.name} prompt: " + "; ".join(
         reasons
@@ -309,7 +317,7 @@ def run_bench(
             bar.set_description(name)
             locus = config.locus(name)
             measured_at = _now()
-            refusal = policy_refusal(router, name, prompts[:requests])
+            refusal = policy_refusal(router, name, prompts[:requests], max_tokens)
             if refusal is not None:
                 skipped[name] = refusal
                 bar.update(requests)

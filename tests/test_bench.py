@@ -162,21 +162,34 @@ def test_a_locus_the_policy_denies_is_not_measured_and_says_why(
 
 
 def test_prompts_the_policy_refuses_are_counted_apart_from_errors(server: FaultServer, analyzer):
-    """The context-window rule refuses the long prompt only: the locus is measured on the rest."""
+    """The policy's context-window rule refuses `small` the long prompt only (a roomier locus
+    exists, so the router's own fits-nowhere check does not fire): `small` is measured on the
+    rest, and a run of long prompts only leaves it unmeasured, with the policy's reason."""
     server.script("small", [ok(ANSWER)])
-    small = device_locus("small", server, context_window=300)
-    config = config_from_dict({"loci": [small]})
+    loci = [
+        device_locus("small", server, context_window=300),
+        device_locus("roomy", server, context_window=32768),
+    ]
+    config = config_from_dict({"loci": loci})
     prompts = ["Name a colour.", "alpha beta gamma delta " * 100]
     document = run_bench(
-        config, prompts=prompts, requests=4, warmup=0, max_tokens=32, analyzer=analyzer
+        config,
+        loci=["small"],
+        prompts=prompts,
+        requests=4,
+        warmup=0,
+        max_tokens=32,
+        analyzer=analyzer,
     )
     entry = document["loci"]["small"]
     assert entry["requests"] == 4 and entry["denied"] == 2 and entry["samples"] == 2
     assert entry["error_rate"] == 0.0
-    assert server.calls("small") == 2
+    assert server.calls("small") == 2 and server.calls("roomy") == 0
     assert "small: 2 prompt(s) denied by policy, not sent" in format_table(document)
-    refused = run_bench(config, prompts=prompts[1:], requests=2, analyzer=analyzer)
-    assert refused["loci"] == {} and "context window" in refused["skipped"]["small"]
+    refused = run_bench(config, loci=["small"], prompts=prompts[1:], requests=2, analyzer=analyzer)
+    assert refused["loci"] == {}
+    assert refused["skipped"]["small"].startswith("denied by policy")
+    assert "context window 300 <" in refused["skipped"]["small"]
     assert server.calls("small") == 2
 
 
