@@ -113,7 +113,11 @@ class Stats:
             raise ConfigError(f"{path}: locus profiles must be a JSON object")
         with self._lock:
             for name, entry in data.get("loci", data).items():
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"{path}: loci.{name} must be an object of measurements")
                 s = self._stats.setdefault(name, LocusStats())
+                if entry.get("error_rate") is not None:
+                    s.error_rate = float(entry["error_rate"])
                 if entry.get("p50_ttft_ms") is not None:
                     s.ttft_ms = float(entry["p50_ttft_ms"])
                 if entry.get("tokens_per_s") is not None:
