@@ -395,7 +395,8 @@ print(sorted(p.name for p in bundle.iterdir()))
     """),
     md("""
     A test that fails says which one and what it got. Here is the rule checked against the wrong
-    expectation (the tests for the default policy still pass; one of ours does not):
+    expectation (the tests for the default policy still pass; one of ours does not). As in OPA, a
+    rule whose body is false is *undefined* rather than `false`, hence `got "<undefined>"`:
     """),
     code("""
     from locus_llm.policy.testing import run_tests
@@ -411,9 +412,9 @@ print(sorted(p.name for p in bundle.iterdir()))
     ## Hot reload: watch the decisions change
 
     The router above was built before the rule existed. Its next decision picks the new files up
-    (the policy revision changes). Whether the cloud is denied now depends on the hour in Sydney
-    as you run this, so the next cell also moves acme's cut-off to the current hour — a
-    `data.json` edit, reloaded the same way — to show the rule biting whatever the time.
+    (the policy revision changes). Whether the cloud is denied right now depends on the hour in
+    Sydney as you run this, so the cell then moves acme's cut-off to 00:00 — the rule applies all
+    day — with a `data.json` edit, reloaded the same way: the rule bites whatever the time.
     """),
     code("""
     from datetime import datetime
@@ -424,8 +425,8 @@ print(sorted(p.name for p in bundle.iterdir()))
     print(where("acme"))
     print(where("globex"))
 
-    set_after_hours({"acme": {"from_hour": hour, "timezone": "Australia/Sydney"}})
-    print(f"\\ncut-off moved to {hour:02d}:00")
+    set_after_hours({"acme": {"from_hour": 0, "timezone": "Australia/Sydney"}})
+    print("\\ncut-off moved to 00:00")
     print(where("acme"))
     print(where("globex"))
     assert router.route(QUESTION, ACME).locus != "frontier"
