@@ -8,6 +8,7 @@ digits …) is fed beside each word piece: capitalisation is the strongest cue f
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -24,6 +25,7 @@ STRIDE = 96  # windows overlap by WINDOW - 2 - STRIDE pieces so no entity loses 
 BATCH = 16
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def word_shape(word: str) -> int:
     letters = [c for c in word if c.isalpha()]
     if any(c.isdigit() for c in word):
@@ -207,27 +209,32 @@ class OnnxNer:
         """Word-level BIO decoding. A word's label is the best type over the mean of its pieces'
         probabilities (B and I summed), so one odd piece cannot drop half a name; a word starts
         a new entity when its type changes or B outweighs I."""
-        groups: list[tuple[int, int, np.ndarray]] = []  # (start, end, mean probabilities)
-        j = 0
-        while j < len(words):
-            k = j + 1
-            while k < len(words) and words[k] is not None and words[k] == words[j]:
-                k += 1
-            groups.append((offsets[j][0], offsets[k - 1][1], probs[j:k].mean(axis=0)))
-            j = k
+        n = len(words)
+        firsts = [j for j in range(n) if j == 0 or words[j] is None or words[j] != words[j - 1]]
+        lasts = [*(k - 1 for k in firsts[1:]), n - 1]
+        means = np.add.reduceat(probs, firsts, axis=0) / np.diff([*firsts, n])[:, None]
+        b_cols = [self._b[t] for t in self.types]
+        i_cols = [self._i[t] for t in self.types]
+        by_type = means[:, b_cols] + means[:, i_cols]
+        best = by_type.argmax(axis=1)
+        rows = np.arange(len(firsts))
+        best_score = by_type[rows, best].tolist()
+        is_entity = (by_type[rows, best] > means[:, 0]).tolist()
+        begins = (
+            means[rows, np.array(b_cols)[best]] > means[rows, np.array(i_cols)[best]]
+        ).tolist()
+        best = best.tolist()
         spans: list[tuple[str, int, int, float]] = []
         current: list[Any] | None = None  # [type, start, end, [scores]]
-        for start, end, p in groups:
-            by_type = {t: p[self._b[t]] + p[self._i[t]] for t in self.types}
-            etype = max(by_type, key=by_type.__getitem__)
-            score = float(by_type[etype])
-            if score <= p[0]:
+        for w, first in enumerate(firsts):
+            start, end = offsets[first][0], offsets[lasts[w]][1]
+            if not is_entity[w]:
                 if current is not None:
                     spans.append(_closed(current))
                     current = None
                 continue
-            begins = p[self._b[etype]] > p[self._i[etype]]
-            if current is not None and (begins or current[0] != etype):
+            etype, score = self.types[best[w]], best_score[w]
+            if current is not None and (begins[w] or current[0] != etype):
                 spans.append(_closed(current))
                 current = None
             if current is None:
