@@ -12,6 +12,7 @@ Importing this module is cheap: presidio (and the model) load when a detector is
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 from collections.abc import Iterable
@@ -204,12 +205,17 @@ def resolve_overlaps(
         )
     ]
     kept: list[RecognizerResult] = []
-    taken: list[tuple[int, int]] = []
+    starts: list[int] = []  # kept spans are disjoint: sorted starts and their ends suffice
+    ends: list[int] = []
     for result in sorted(results, key=lambda r: _rank(r, config), reverse=True):
-        if any(result.start < b and result.end > a for a, b in taken):
+        i = bisect.bisect_right(starts, result.start)
+        if i > 0 and ends[i - 1] > result.start:  # the kept span starting before overlaps
             continue
+        if i < len(starts) and starts[i] < result.end:  # the next kept span starts inside
+            continue
+        starts.insert(i, result.start)
+        ends.insert(i, result.end)
         kept.append(result)
-        taken.append((result.start, result.end))
     return sorted(kept, key=lambda r: r.start)
 
 
