@@ -708,16 +708,21 @@ from locus_llm.server import ServerThread, create_app
 
     Every call is analysed (task classifier, sensitivity detector), evaluated against the policy
     and ranked before it is sent. `Decision.timings_ms` splits that time by stage; here over 40
-    varied real prompts (task prompts from the training data, nothing is sent), next to the
-    end-to-end latency of a call measured above. Full size, with p99 and throughput at four
-    prompt lengths: `python benchmarks/bench_decision.py`.
+    varied real prompts (task prompts from the training data, with their context passages where
+    they have one; nothing is sent), next to the end-to-end latency of a call measured above.
+    Full size, with p99 and throughput at four prompt lengths:
+    `python benchmarks/bench_decision.py`; the router's bookkeeping over a direct LiteLLM call:
+    `python benchmarks/bench_router.py`.
     """),
     code("""
     from locus_llm.router import Router
 
     TASK_PROMPTS = Path.cwd().parents[1] / "shared" / "data" / "task_prompts" / "train.jsonl"
     with TASK_PROMPTS.open() as lines:
-        prompts = [json.loads(next(lines))["prompt"] for _ in range(40)]
+        rows = [json.loads(next(lines)) for _ in range(40)]
+    prompts = [row["prompt"] + ("\\n\\n" + row["context"] if row["context"] else "") for row in rows]
+    print(f"{len(prompts)} prompts, {statistics.median(len(p.split()) for p in prompts):.0f} words "
+          f"median, {max(len(p.split()) for p in prompts)} at most")
 
     # The router reads the profile file `locus bench` wrote: measured numbers, not the priors.
     router = Router(config.model_copy(update={"profiles": workdir / "profiles.json"}))
