@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     systems = {
         "locus (onnx NER)": SensitivityDetector().detect,
+        "locus (onnx NER, 2 threads)": SensitivityDetector(SensitivityConfig(ner_threads=2)).detect,
         "locus (patterns only)": SensitivityDetector(SensitivityConfig(ner="none")).detect,
         "presidio patterns, as shipped": baseline(),
     }

@@ -252,23 +252,27 @@ def _closed(current: list[Any]) -> tuple[str, int, int, float]:
     return etype, start, end, float(sum(scores) / len(scores))
 
 
-_shared: dict[Path, OnnxNer] = {}
+_shared: dict[tuple[Path, int], OnnxNer] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_ner(model_dir: Path = MODEL_DIR) -> OnnxNer:
-    """One loaded model per process: detectors built for different configs share it."""
+def shared_ner(model_dir: Path = MODEL_DIR, threads: int = 1) -> OnnxNer:
+    """One loaded model per process (and thread count): detectors built for different configs
+    share it."""
     with _shared_lock:
-        if model_dir not in _shared:
-            _shared[model_dir] = OnnxNer(model_dir)
-        return _shared[model_dir]
+        key = (model_dir, threads)
+        if key not in _shared:
+            _shared[key] = OnnxNer(model_dir, threads)
+        return _shared[key]
 
 
 class NerRecognizer(EntityRecognizer):
     """The ONNX tagger as a presidio recognizer."""
 
-    def __init__(self, model_dir: Path = MODEL_DIR, min_score: float = 0.5) -> None:
-        self._ner = shared_ner(model_dir)
+    def __init__(
+        self, model_dir: Path = MODEL_DIR, min_score: float = 0.5, threads: int = 1
+    ) -> None:
+        self._ner = shared_ner(model_dir, threads)
         self._min_score = min_score
         super().__init__(
             supported_entities=self._ner.types, name="OnnxNerRecognizer", supported_language="en"

@@ -132,6 +132,7 @@ class SensitivityConfig(BaseModel):
     # below score_threshold an entity is not reported; ner_min_score is the NER model's cut-off
     score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
     ner_min_score: float = Field(default=0.5, ge=0.0, le=1.0)
+    ner_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime intra-op threads per call
     keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     rules: dict[str, EntityRule] = Field(default_factory=default_rules)
     default_class: str = "INTERNAL"  # for a reported type missing from `rules`
@@ -261,7 +262,9 @@ def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str,
     if config.ner == "onnx":
         from locus_llm.analysis.ner import NerRecognizer
 
-        registry.add_recognizer(NerRecognizer(min_score=config.ner_min_score))
+        registry.add_recognizer(
+            NerRecognizer(min_score=config.ner_min_score, threads=config.ner_threads)
+        )
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     context = {r.name: [w.lower() for w in r.context] for r in registry.recognizers if r.context}
     return analyzer, context
