@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,8 +23,6 @@ from locus_llm.profile import DataClass, Entity
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine, RecognizerResult
-
-logger = logging.getLogger(__name__)
 
 SECRET_TYPES = (
     "AWS_ACCESS_KEY",
