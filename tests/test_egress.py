@@ -79,3 +79,21 @@ def test_dispatch_connects_only_to_the_chosen_locus():
     assert connects, events
     assert all(f"'127.0.0.1', {port})" in e[1] for e in connects), events
     assert not [e for e in events if e[0] == "urllib"]
+
+
+def test_hiding_torch_from_presidio_never_hides_it_from_transformers():
+    """torch stays out of the analyzer's load, yet the caller's own transformers models work."""
+    pytest.importorskip("torch")
+    events = run_script("""
+        import sys
+        from locus_llm.analysis import Analyzer
+        analyzer = Analyzer()
+        analyzer.warm()
+        assert analyzer._detector is not None, analyzer._detector_error
+        assert sys.modules.get("torch") is None, "presidio pulled torch in"
+        from transformers import LlamaConfig, LlamaForCausalLM
+        LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2,
+                                     vocab_size=50))
+    """)
+    assert events == []

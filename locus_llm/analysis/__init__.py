@@ -41,6 +41,10 @@ def torch_hidden() -> Iterator[None]:
     if "torch" in sys.modules:  # already loaded by the caller (training): nothing to save
         yield
         return
+    # transformers records at import whether torch is available: let it see the truth first, so
+    # hiding torch from thinc never hides it from the caller's own models later on
+    with contextlib.suppress(ImportError):
+        import transformers  # noqa: F401
     sys.modules["torch"] = None  # type: ignore[assignment]
     try:
         yield

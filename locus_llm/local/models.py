@@ -154,7 +154,7 @@ def _up_to_date(folder: Path, source: Path, quant: str) -> bool:
         and manifest.get("converter_version") == CONVERTER_VERSION
         and manifest.get("quant") == quant
         and recorded.get("size") == stat.st_size
-        and recorded.get("mtime") == stat.st_mtime
+        # not the mtime: the same package installed in another virtualenv is the same model
     )
 
 
