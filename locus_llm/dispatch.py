@@ -380,6 +380,40 @@ def _has_content(chunk: Any) -> bool:
     return bool(delta is not None and (delta.content or getattr(delta, "tool_calls", None)))
 
 
+class StreamAttempt:
+    """One streamed attempt: what it delivered, its usage, whether it finished honestly."""
+
+    def __init__(self, run: Run, step: Step) -> None:
+        self.run = run
+        self.step = step
+        self.restore = ChunkRestorer(step.vault)
+        self.usage: dict[str, int] = {}
+        self.finished = False
+        self.delivered = False
+
+    def observe(self, chunk: Any) -> Any:
+        """Account for a chunk and return it restored, ready for the caller."""
+        if self.step.first_token_at is None and _has_content(chunk):
+            self.step.first_token_at = time.perf_counter()
+        self.usage = usage_of(chunk) or self.usage
+        reason = _finish_reason(chunk)
+        self.finished = self.finished or reason is not None
+        self.delivered = self.delivered or _has_content(chunk)
+        return self.restore(chunk, reason is not None)
+
+    def check_finished(self) -> None:
+        if not self.finished:  # a truncated answer is never a success
+            raise StreamInterrupted(f"stream from {self.step.locus.name} ended without a "
+                                    "finish reason")
+
+    def failed_after_output(self, exc: BaseException) -> DispatchError:
+        """The caller holds part of an answer: no failover can undo that, so end it clearly."""
+        self.run._record(self.step, "error", type(exc).__name__, str(exc)[:500], None)
+        self.run.stats.record_failure(self.step.locus.name)
+        return DispatchError(f"stream from locus {self.step.locus.name!r} failed after partial "
+                             f"output: {exc}", attempts=self.run.attempts, last_error=exc)
+
+
 class RoutedStream:
     """Iterator of LiteLLM stream chunks; `.locus` holds the decision once the stream ends."""
 
@@ -400,49 +434,38 @@ class RoutedStream:
         done = False
         try:
             while (step := run.next()) is not None:
-                delivered = False
-                usage: dict[str, int] = {}
+                attempt = StreamAttempt(run, step)
                 try:
-                    restore = ChunkRestorer(step.vault)
-                    finished = False
                     for chunk in litellm.completion(**step.params):
-                        if step.first_token_at is None and _has_content(chunk):
-                            step.first_token_at = time.perf_counter()
-                        usage = usage_of(chunk) or usage
-                        reason = _finish_reason(chunk)
-                        finished = finished or reason is not None
-                        delivered = delivered or _has_content(chunk)
-                        yield restore(chunk, reason is not None)
-                    if not finished:
-                        raise StreamInterrupted(f"stream from {step.locus.name} ended "
-                                                "without a finish reason")
+                        yield attempt.observe(chunk)
+                    attempt.check_finished()
                 except GeneratorExit:
                     raise
                 except Exception as exc:
-                    if delivered:  # the caller holds part of an answer: end it with a clear error
-                        run._record(step, "error", type(exc).__name__, str(exc)[:500], None)
-                        run.stats.record_failure(step.locus.name)
-                        raise DispatchError(
-                            f"stream from locus {step.locus.name!r} failed after partial output: "
-                            f"{exc}", attempts=run.attempts, last_error=exc) from exc
+                    if attempt.delivered:
+                        raise attempt.failed_after_output(exc) from exc
                     wait = run.failed(step, exc)
                     if wait:
                         time.sleep(wait)
                     continue
-                self.locus = finish(run, run.succeeded(step, usage), None)
+                self.locus = finish(run, run.succeeded(step, attempt.usage), None)
                 done = True
                 return
             raise run.exhausted()
         except BaseException as exc:
-            if not done and not isinstance(exc, GeneratorExit):
-                self.locus = finish(run, None, exc)
-            elif not done:
-                self.locus = finish(run, None, DispatchError("stream closed by the caller"))
+            if not done:
+                reason = exc if isinstance(exc, Exception) else DispatchError(
+                    "stream closed by the caller")
+                self.locus = finish(run, None, reason)
             raise
 
 
 class AsyncRoutedStream:
-    """Async iterator of LiteLLM stream chunks; `.locus` holds the decision once it ends."""
+    """Async iterator of LiteLLM stream chunks; `.locus` holds the decision once it ends.
+
+    Unlike the sync stream, it can tell a slow first token from a stall: each wait has its own
+    limit (`ttft_timeout_s`, then `stall_timeout_s`).
+    """
 
     def __init__(self, run: Run, litellm: Any, finish: Finish) -> None:
         self.locus: dict[str, Any] | None = None
@@ -461,13 +484,9 @@ class AsyncRoutedStream:
         done = False
         try:
             while (step := run.next()) is not None:
-                delivered = False
-                usage: dict[str, int] = {}
+                attempt = StreamAttempt(run, step)
                 try:
-                    restore = ChunkRestorer(step.vault)
-                    finished = False
-                    stream = await litellm.acompletion(**step.params)
-                    chunks = stream.__aiter__()
+                    chunks = (await litellm.acompletion(**step.params)).__aiter__()
                     limit = step.first_timeout
                     while True:
                         try:
@@ -478,30 +497,18 @@ class AsyncRoutedStream:
                             raise StreamInterrupted(
                                 f"no chunk from {step.locus.name} within {limit:g} s") from None
                         limit = step.chunk_timeout
-                        if step.first_token_at is None and _has_content(chunk):
-                            step.first_token_at = time.perf_counter()
-                        usage = usage_of(chunk) or usage
-                        reason = _finish_reason(chunk)
-                        finished = finished or reason is not None
-                        delivered = delivered or _has_content(chunk)
-                        yield restore(chunk, reason is not None)
-                    if not finished:
-                        raise StreamInterrupted(f"stream from {step.locus.name} ended "
-                                                "without a finish reason")
+                        yield attempt.observe(chunk)
+                    attempt.check_finished()
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    if delivered:
-                        run._record(step, "error", type(exc).__name__, str(exc)[:500], None)
-                        run.stats.record_failure(step.locus.name)
-                        raise DispatchError(
-                            f"stream from locus {step.locus.name!r} failed after partial output: "
-                            f"{exc}", attempts=run.attempts, last_error=exc) from exc
+                    if attempt.delivered:
+                        raise attempt.failed_after_output(exc) from exc
                     wait = run.failed(step, exc)
                     if wait:
                         await asyncio.sleep(wait)
                     continue
-                self.locus = finish(run, run.succeeded(step, usage), None)
+                self.locus = finish(run, run.succeeded(step, attempt.usage), None)
                 done = True
                 return
             raise run.exhausted()
