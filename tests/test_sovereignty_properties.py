@@ -65,7 +65,13 @@ def test_no_attempt_ever_reaches_a_denied_locus(server: FaultServer, analyzer, m
     context = {"data_label": label, "latency_budget_ms": budget, "max_cost_usd": cost_cap}
     messages = [{"role": "user", "content": " ".join(["cloud"] * words)}]
 
-    decision = router.route(messages, context, max_tokens=16)
+    try:
+        decision = router.route(messages, context, max_tokens=16)
+    except NoAllowedLocusError:  # larger than every context window: refused before analysis
+        with pytest.raises(NoAllowedLocusError):
+            router.completion(messages, context=context, max_tokens=16)
+        assert server.requests == []
+        return
     allowed = set(decision.policy.allowed)
     assert set(decision.plan.loci) <= allowed
     try:

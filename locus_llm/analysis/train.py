@@ -41,7 +41,7 @@ from locus_llm.analysis.classifier import (
 from locus_llm.errors import LocusError
 
 SHARED_DATA_ENV = "LOCUS_SHARED_DATA"
-DEFAULT_SHARED_DATA = Path("/work/shared/data")
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the repo
 PAD_ID = 0
 # The opening tokens are pooled on their own too: that is where the instruction usually is, and
 # it tells "summarise this" from "answer from this" when a long context dominates the window.
