@@ -59,6 +59,7 @@ class Bundle:
     data_json: str
     revision: str
     fingerprint: tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size): cheap change check
+    watched: tuple[str, ...]  # the folder and files (paths) the fingerprint covers
     files: tuple[str, ...]
 
     def compile(self) -> regorus.Engine:
@@ -98,22 +99,35 @@ def bundle_files(folder: Path, *, tests: bool = False) -> list[Path]:
     return files
 
 
-def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, mtimes and sizes of the bundle's files: what changes when someone edits it."""
+def watched_files(folder: Path) -> tuple[str, ...]:
+    """The folder and its bundle files, as path strings (cheaper to stat than Path objects)."""
     try:
         with os.scandir(folder) as entries:
-            stats = [(e.name, e.stat()) for e in entries
-                     if e.name.endswith(".rego") or e.name == "data.json"]
+            names = sorted(e.path for e in entries
+                           if e.name.endswith(".rego") or e.name == "data.json")
     except OSError:
         return ()
-    return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats))
+    return (str(folder), *names)
+
+
+def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """The folder's and the files' mtimes and sizes: what changes when someone edits the bundle.
+
+    The folder's own mtime changes when a file is added, removed or atomically replaced, so the
+    per-call check stats known names only (no directory listing on the decision path).
+    """
+    try:
+        return tuple((path, (st := os.stat(path)).st_mtime_ns, st.st_size) for path in paths)
+    except OSError:
+        return ()
 
 
 def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
                 tests: bool = False) -> Bundle:
     """Read and compile the bundle once to validate it, or raise PolicyError naming file:line."""
     folder = Path(folder)
-    printed = fingerprint(folder)
+    watched = watched_files(folder)
+    printed = fingerprint(watched)
     files = bundle_files(folder, tests=tests)
     modules = tuple((str(path), _read(path)) for path in files)
     data = deep_merge(_read_data(folder / "data.json"), data_overrides or {})
@@ -122,7 +136,7 @@ def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
     for path, text in modules:
         digest.update(Path(path).name.encode() + b"\0" + text.encode() + b"\0")
     digest.update(b"data\0" + data_json.encode())
-    bundle = Bundle(modules, data_json, digest.hexdigest()[:16], printed,
+    bundle = Bundle(modules, data_json, digest.hexdigest()[:16], printed, watched,
                     tuple(p.name for p in files))
     bundle.compile()  # validation: engine and VM are dropped here, on this thread
     bundle.decision_vm()
@@ -156,12 +170,12 @@ class PolicyEngine:
 
     def check_reload(self) -> None:
         """Reload if the folder changed; on failure keep serving the last good bundle."""
-        if not self.reload or fingerprint(self.folder) == self._bundle.fingerprint:
+        bundle = self._bundle
+        if not self.reload or fingerprint(bundle.watched) == bundle.fingerprint:
             return
         with self._reload_lock:
-            current = fingerprint(self.folder)
-            if current == self._bundle.fingerprint:
-                return
+            if fingerprint(self._bundle.watched) == self._bundle.fingerprint:
+                return  # another thread reloaded meanwhile
             try:
                 bundle = load_bundle(self.folder, self.data_overrides)
             except PolicyError as exc:
@@ -169,8 +183,10 @@ class PolicyEngine:
                     log.error("policy reload rejected, keeping revision %s: %s",
                               self._bundle.revision, exc)
                 self.last_reload_error = str(exc)
-                # remember the broken fingerprint so we do not recompile it on every call
-                self._bundle = dataclasses.replace(self._bundle, fingerprint=current)
+                # remember the broken state so we do not recompile it on every call
+                watched = watched_files(self.folder)
+                self._bundle = dataclasses.replace(
+                    self._bundle, watched=watched, fingerprint=fingerprint(watched))
                 return
             self.last_reload_error = None
             log.info("policy reloaded: revision %s -> %s", self._bundle.revision, bundle.revision)
