@@ -109,7 +109,11 @@ class FaultServer:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
-            await asyncio.sleep(0)
+            # connections still hanging (scripted `hang`) end here, not at interpreter exit
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
