@@ -13,6 +13,7 @@ byte, a socket that accepts and never answers, a stream cut without its terminat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -99,6 +100,7 @@ class FaultServer:
         return self
 
     async def _start(self) -> None:
+        self._closing = asyncio.Event()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
@@ -107,13 +109,13 @@ class FaultServer:
         async def stop() -> None:
             assert self._server is not None
             self._server.close()
+            self._closing.set()  # hanging and stalled connections end now, not at exit
             for writer in list(self._writers):
                 writer.transport.abort()
-            # connections still hanging (scripted `hang`) end here, not at interpreter exit
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            for _ in range(100):
+                if not self._writers:
+                    break
+                await asyncio.sleep(0.01)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -166,7 +168,7 @@ class FaultServer:
             writer.transport.abort()
             return False
         if behaviour.kind == "hang":
-            await asyncio.sleep(3600)
+            await self._closing.wait()
             return False
         messages = payload.get("messages") or [{}]
         if behaviour.reject_prefill and messages[-1].get("role") == "assistant":
@@ -210,7 +212,8 @@ class FaultServer:
                 return
             if b.stall_after is not None and i == b.stall_after:
                 await writer.drain()
-                await asyncio.sleep(b.stall_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), b.stall_s)
             if b.malformed_at is not None and i == b.malformed_at:
                 writer.write(b"data: {this is not json\n\n")
             chunk = {**base, "choices": [{"index": 0, "delta": {"content": piece},
