@@ -10,17 +10,19 @@ usual LiteLLM parameters (stream, tools, max_tokens, temperature, ...).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from locus_llm import dispatch
 from locus_llm.analysis import Analyzer
 from locus_llm.analysis.tokens import estimate_prompt_tokens
-from locus_llm.config import LocusConfig, load_config
+from locus_llm.config import LocusConfig, config_from_dict, load_config
 from locus_llm.errors import InvalidRequestError, NoAllowedLocusError
 from locus_llm.messages import normalize_messages
 from locus_llm.policy import PolicyDecision, PolicyEngine
@@ -30,6 +32,7 @@ from locus_llm.selection import Plan, select
 from locus_llm.stats import Stats
 
 LOCAL_PROVIDER = "locus-onnx/"
+ROUTING_FIELDS = tuple(RoutingContext.__dataclass_fields__)  # what a caller may say per call
 
 
 @dataclass
@@ -304,3 +307,23 @@ class Router:
         view = self.loci_view()
         return [{"name": name, **view[name], "stats": self.stats.get(name).__dict__}
                 for name in view]
+
+
+@cache
+def _shared_router(path: str) -> Router:
+    return Router.from_file(path) if path else Router.default()
+
+
+def router_for(config: str | Path | LocusConfig | dict[str, Any] | None) -> Router:
+    """The Router for a config path, LocusConfig or dict (None: LOCUS_CONFIG, else the default).
+
+    Adapters built from the same file share one Router in a process: one analyzer, one set of
+    circuit breakers and measurements, one policy engine.
+    """
+    if isinstance(config, LocusConfig):
+        return Router(config)
+    if isinstance(config, dict):
+        return Router(config_from_dict(config))
+    if config is None:
+        config = os.environ.get("LOCUS_CONFIG", "")
+    return _shared_router(str(Path(config).expanduser().resolve()) if config else "")

@@ -14,9 +14,7 @@ format and back; where a call runs (device, on-prem or cloud) is decided by `Rou
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from functools import cache
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -53,38 +51,11 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from locus_llm.config import LocusConfig, config_from_dict
-from locus_llm.router import Router
+from locus_llm.config import LocusConfig
+from locus_llm.router import ROUTING_FIELDS, Router, router_for
 
 # Fields of the routing context (locus_llm.profile.RoutingContext) a caller may set per call.
-ROUTING_FIELDS = (
-    "tenant",
-    "user",
-    "app",
-    "interactive",
-    "latency_budget_ms",
-    "max_cost_usd",
-    "data_label",
-)
 
-
-@cache
-def shared_router(path: str) -> Router:
-    """One Router per config file in a process ("" for the default): models built from the same
-    file share its analyzer, circuit breakers, latency measurements and policy engine."""
-    return Router.from_file(path) if path else Router.default()
-
-
-def build_router(config: str | Path | LocusConfig | dict[str, Any] | None) -> Router:
-    """A Router for a config path, LocusConfig or dict; None means LOCUS_CONFIG, else the embedded
-    on-device default."""
-    if isinstance(config, LocusConfig):
-        return Router(config)
-    if isinstance(config, dict):
-        return Router(config_from_dict(config))
-    if config is None:
-        config = os.environ.get("LOCUS_CONFIG", "")
-    return shared_router(str(Path(config).expanduser().resolve()) if config else "")
 
 
 def routing_context(
@@ -284,7 +255,7 @@ class ChatLocus(BaseChatModel):
     @model_validator(mode="after")
     def _build_router(self) -> ChatLocus:
         if self.router is None:
-            self.router = build_router(self.config)
+            self.router = router_for(self.config)
         return self
 
     @property

@@ -14,10 +14,8 @@ format and back; where a call runs (device, on-prem or cloud) is decided by `Rou
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,43 +41,16 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 
-from locus_llm.config import LocusConfig, config_from_dict
+from locus_llm.config import LocusConfig
 from locus_llm.errors import InvalidRequestError, LocusError
-from locus_llm.router import Router
+from locus_llm.router import ROUTING_FIELDS, Router, router_for
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 # Fields of the routing context (locus_llm.profile.RoutingContext) a caller may set per call.
-ROUTING_FIELDS = (
-    "tenant",
-    "user",
-    "app",
-    "interactive",
-    "latency_budget_ms",
-    "max_cost_usd",
-    "data_label",
-)
 ROLES = {MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 
-
-@cache
-def shared_router(path: str) -> Router:
-    """One Router per config file in a process ("" for the default): LLMs built from the same
-    file share its analyzer, circuit breakers, latency measurements and policy engine."""
-    return Router.from_file(path) if path else Router.default()
-
-
-def build_router(config: str | Path | LocusConfig | dict[str, Any] | None) -> Router:
-    """A Router for a config path, LocusConfig or dict; None means LOCUS_CONFIG, else the embedded
-    on-device default."""
-    if isinstance(config, LocusConfig):
-        return Router(config)
-    if isinstance(config, dict):
-        return Router(config_from_dict(config))
-    if config is None:
-        config = os.environ.get("LOCUS_CONFIG", "")
-    return shared_router(str(Path(config).expanduser().resolve()) if config else "")
 
 
 def to_openai_message(message: ChatMessage) -> dict[str, Any]:
@@ -289,7 +260,7 @@ class Locus(FunctionCallingLLM):
     ) -> None:
         path = str(config) if isinstance(config, str | Path) else None
         super().__init__(config=path, **kwargs)
-        self._router = router or build_router(config)
+        self._router = router or router_for(config)
 
     @classmethod
     def class_name(cls) -> str:
