@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # dependencies' start-up chatter is not the user's business
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        for noisy in ("presidio-analyzer", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
