@@ -308,19 +308,15 @@ def complete(run: Run, litellm: Any, finish: Finish) -> Any:
                 if wait:
                     time.sleep(wait)
                 continue
-            outcome = run.succeeded(step, usage_of(response))
-            response = restore_response(step, response)
-            _attach(response, finish(run, outcome, None))
-            return response
+            return _answer(run, step, response, finish)
         raise run.exhausted()
     except BaseException as exc:
-        if not getattr(exc, "_locus_recorded", False):
-            finish(run, None, exc)
-            _mark(exc)
+        _record_failure(run, exc, finish)
         raise
 
 
 async def acomplete(run: Run, litellm: Any, finish: Finish) -> Any:
+    """The async form of `complete`: the same steps, awaiting the call and the backoff."""
     try:
         while (step := run.next()) is not None:
             try:
@@ -330,16 +326,25 @@ async def acomplete(run: Run, litellm: Any, finish: Finish) -> Any:
                 if wait:
                     await asyncio.sleep(wait)
                 continue
-            outcome = run.succeeded(step, usage_of(response))
-            response = restore_response(step, response)
-            _attach(response, finish(run, outcome, None))
-            return response
+            return _answer(run, step, response, finish)
         raise run.exhausted()
     except BaseException as exc:
-        if not getattr(exc, "_locus_recorded", False):
-            finish(run, None, exc)
-            _mark(exc)
+        _record_failure(run, exc, finish)
         raise
+
+
+def _answer(run: Run, step: Step, response: Any, finish: Finish) -> Any:
+    """Account for the answering attempt, restore redacted values, attach the decision."""
+    outcome = run.succeeded(step, usage_of(response))
+    response = restore_response(step, response)
+    _attach(response, finish(run, outcome, None))
+    return response
+
+
+def _record_failure(run: Run, exc: BaseException, finish: Finish) -> None:
+    if not getattr(exc, "_locus_recorded", False):  # once, however deep the error came from
+        finish(run, None, exc)
+        _mark(exc)
 
 
 class ChunkRestorer:
