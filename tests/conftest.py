@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from locus_llm.analysis import Analyzer  # noqa: E402
-from locus_llm.config import LocusConfig, config_from_dict  # noqa: E402
+from locus_llm.config import config_from_dict  # noqa: E402
 from locus_llm.router import Router  # noqa: E402
 from tests.fault_server import FaultServer  # noqa: E402
 
@@ -78,6 +78,3 @@ def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     return build
 
-
-def config_of(router: Router) -> LocusConfig:
-    return router.config

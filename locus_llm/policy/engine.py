@@ -211,20 +211,6 @@ class PolicyEngine:
                               f"(revision {bundle.revision})")
         return parse_decision(raw, set(policy_input["loci"]), bundle.revision)
 
-    def evaluate_raw(self, policy_input: dict[str, Any], rule: str) -> Any:
-        """Any rule of the bundle, through the interpreter (slower; for tools and tests)."""
-        bundle = self._bundle
-        engine = bundle.compile()
-        try:
-            engine.set_input_json(_input_json(policy_input))
-            result = engine.eval_rule_as_json(rule)
-        except Exception as exc:
-            raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
-        value = json.loads(result)
-        if value == "<undefined>":
-            raise PolicyError(f"{rule} is undefined for this input (revision {bundle.revision})")
-        return value
-
     def _thread_vm(self, bundle: Bundle) -> regorus.Rvm:
         # regorus objects are bound to the thread that made them, and a VM holds its input
         # between set and execute: one VM per thread, rebuilt when the revision changes.
