@@ -1,7 +1,8 @@
 """LocusConfig: the loci, the policy bundle, analysis settings, the objective and the decision log.
 
 Read from YAML (or TOML/JSON), from a Python dict, or built with the defaults (`default_config()`).
-Environment overrides: LOCUS_CONFIG (the file), LOCUS_POLICY_BUNDLE, LOCUS_DECISION_LOG.
+Environment overrides: LOCUS_CONFIG (the file), LOCUS_POLICY_BUNDLE, LOCUS_DECISION_LOG,
+LOCUS_PROFILES, LOCUS_STATE.
 Errors name the file, the field and what was expected.
 """
 
@@ -13,7 +14,7 @@ import tomllib
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,6 +78,22 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30.0, gt=0)  # then one probe is let through
 
 
+class BudgetSettings(BaseModel):
+    """Per-tenant spending limits, counted in the state backend (shared across replicas)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    period: Literal["total", "day", "month"] = "total"  # counters restart each UTC day/month
+    default_usd: float | None = Field(default=None, ge=0)  # tenants not listed; None: no limit
+    tenants: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str) -> float | None:
+        return self.tenants.get(tenant, self.default_usd)
+
+
+STATE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class LocusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,6 +107,17 @@ class LocusConfig(BaseModel):
     profiles: Path | None = None  # a `locus bench` profile file: measured numbers to start from
     allow_failover_on_content_filter: bool = False  # never shop a refused request around by default
     local_models: list[str] = Field(default_factory=list)  # names for the locus-onnx provider
+    state: str = "memory"  # or redis://host:port/db: breakers, profiles and spend shared
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+
+    @field_validator("state")
+    @classmethod
+    def _state_backend(cls, state: str) -> str:
+        state = state.strip()
+        if state != "memory" and not state.startswith(STATE_SCHEMES):
+            raise ValueError(f"expected 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 "
+                             f"(rediss:// and unix:// too), got {state!r}")
+        return state
 
     @field_validator("loci")
     @classmethod
@@ -205,6 +233,11 @@ def apply_env_overrides(config: LocusConfig) -> LocusConfig:
         config.decision_log = Path(log)
     if profiles := os.environ.get("LOCUS_PROFILES"):
         config.profiles = Path(profiles)
+    if state := os.environ.get("LOCUS_STATE"):
+        try:
+            config.state = LocusConfig._state_backend(state)
+        except ValueError as exc:
+            raise ConfigError(f"LOCUS_STATE: {exc}") from None
     return config
 
 

@@ -15,12 +15,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locus_llm.config import Locus
-from locus_llm.errors import DispatchError
+from locus_llm.errors import DispatchError, LocusError, NoAllowedLocusError
 from locus_llm.profile import Entity
 from locus_llm.stats import Stats
+
+if TYPE_CHECKING:
+    from locus_llm.state import BudgetGuard
 
 MAX_RETRY_AFTER_S = 10.0  # a locus asking us to wait longer than this is failed over instead
 BACKOFF_BASE_S = 0.25
@@ -137,7 +140,8 @@ class Run:
     def __init__(self, plan: list[Locus], messages: list[dict[str, Any]],
                  params: dict[str, Any], *, stats: Stats, entities: list[Entity],
                  redact: list[str], redact_zones: list[str],
-                 allow_content_filter_failover: bool = False) -> None:
+                 allow_content_filter_failover: bool = False,
+                 budget: BudgetGuard | None = None) -> None:
         self.plan = plan
         self.messages = messages
         self.params = params
@@ -146,6 +150,7 @@ class Run:
         self.redact = redact
         self.redact_zones = redact_zones
         self.allow_content_filter_failover = allow_content_filter_failover
+        self.budget = budget  # reserves a paid locus's predicted cost before its attempts
         self.attempts: list[dict[str, Any]] = []
         self.redacted: dict[str, int] = {}
         self.last_error: BaseException | None = None
@@ -163,6 +168,9 @@ class Run:
                     continue
                 if not self.stats.healthy(locus.name):
                     self._skip(locus, "circuit open")
+                    continue
+                if self.budget is not None and (reason := self.budget.admit(locus)) is not None:
+                    self._skip(locus, reason)
                     continue
                 self._tries = 0
             self._retrying = False
@@ -203,9 +211,16 @@ class Run:
         return {"locus": step.locus.name, "zone": step.locus.zone, "model": step.locus.model,
                 "usage": usage, "cost_usd": cost, "latency_ms": round(latency_ms, 3)}
 
-    def exhausted(self) -> DispatchError:
+    def exhausted(self) -> LocusError:
         tried = ", ".join(f"{a['locus']}: {a.get('error_class') or a['outcome']}"
                           for a in self.attempts) or "none"
+        if self.attempts and all(a["outcome"] == "skipped" for a in self.attempts) and any(
+                a["reason"].startswith("tenant budget") for a in self.attempts):
+            # nothing was sent: the tenant's money, not a locus, stopped this call
+            skipped = {a["locus"]: [a["reason"]] for a in self.attempts}
+            detail = "; ".join(f"{n}: {r[0]}" for n, r in skipped.items())
+            return NoAllowedLocusError(f"no locus of the plan could take this call: {detail}; "
+                                       "nothing was sent", denied=skipped)
         last = f"; last error: {self.last_error}" if self.last_error else ""
         return DispatchError(f"every allowed locus failed ({tried}){last}",
                              attempts=self.attempts, last_error=self.last_error)

@@ -10,6 +10,7 @@ usual LiteLLM parameters (stream, tools, max_tokens, temperature, ...).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -29,6 +30,7 @@ from locus_llm.policy import PolicyDecision, PolicyEngine
 from locus_llm.profile import DataClass, RequestProfile, RoutingContext
 from locus_llm.record import DecisionLog, prompt_digest
 from locus_llm.selection import Plan, select
+from locus_llm.state import BudgetGuard, StateUnavailable, open_state
 from locus_llm.stats import Stats
 
 LOCAL_PROVIDER = "locus-onnx/"
@@ -46,6 +48,7 @@ class Decision:
     plan: Plan
     loci: dict[str, dict[str, Any]]  # the policy input's view of every locus
     timings_ms: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)  # spent_usd, budget_usd, budget_state
 
     @property
     def locus(self) -> str | None:
@@ -68,6 +71,7 @@ class Decision:
             "zones": {name: view["zone"] for name, view in self.loci.items()},
             "profile": self.profile.to_dict(),
             "policy_revision": self.policy.revision,
+            "budget": self.budget,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
 
@@ -83,8 +87,9 @@ class Router:
         )
         self.policy = PolicyEngine(self.config.policy.bundle, self.config.policy.data,
                                    reload=self.config.policy.reload)
-        self.stats = stats or Stats(failure_threshold=self.config.breaker.failure_threshold,
-                                    cooldown_s=self.config.breaker.cooldown_s)
+        # breakers, profiles and tenant spend: in this process, or shared through Redis
+        self.state = open_state(self.config, stats)
+        self.stats = self.state.stats
         if stats is None and self.config.profiles is not None:
             self.stats.load_profiles(self.config.profiles)
         self.log = DecisionLog(self.config.decision_log)
@@ -101,6 +106,10 @@ class Router:
     def from_file(cls, path: str | Path) -> Router:
         return cls(load_config(path))
 
+    def close(self) -> None:
+        """Write pending state (Redis) and stop its background thread; routing still works."""
+        self.state.close()
+
     def warm(self) -> None:
         """Load the analysis models and LiteLLM now rather than on the first call."""
         self.analyzer.warm()
@@ -114,8 +123,22 @@ class Router:
                                      max_tokens=max_tokens, tools=tools)
 
     def policy_input(self, profile: RequestProfile, context: RoutingContext) -> dict[str, Any]:
-        return {"request": profile.to_policy(), "context": context.to_policy(),
+        return {"request": profile.to_policy(),
+                "context": {**context.to_policy(), **self.budget_view(context.tenant)},
                 "loci": self.loci_view()}
+
+    def budget_view(self, tenant: str) -> dict[str, Any]:
+        """The tenant's budget as the policy sees it: spent, limit, and "ok", "exceeded" or
+        "unknown" (the state backend cannot say: paid loci must be denied)."""
+        budget = self.config.budgets.for_tenant(tenant)
+        if budget is None:
+            return {"spent_usd": None, "budget_usd": None, "budget_state": "ok"}
+        try:
+            spent = self.state.spent(tenant)
+        except StateUnavailable:
+            return {"spent_usd": None, "budget_usd": budget, "budget_state": "unknown"}
+        return {"spent_usd": round(spent, 9), "budget_usd": budget,
+                "budget_state": "exceeded" if spent >= budget else "ok"}
 
     def loci_view(self) -> dict[str, dict[str, Any]]:
         """What the policy and the selection know of each locus: config, health, measurements."""
@@ -165,8 +188,10 @@ class Router:
         timings = {"analyze": (analyzed - started) * 1000, "policy": (decided - analyzed) * 1000,
                    "select": (time.perf_counter() - decided) * 1000,
                    **{f"analyze.{k}": v for k, v in profile.timings_ms.items()}}
+        budget = {k: policy_input["context"][k] for k in ("spent_usd", "budget_usd",
+                                                          "budget_state")}
         return Decision(uuid.uuid4().hex, profile, context, verdict, plan, policy_input["loci"],
-                        timings)
+                        timings, budget)
 
     def policy_check(self, request: dict[str, Any],
                      context: RoutingContext | dict[str, Any] | None = None) -> PolicyDecision:
@@ -178,8 +203,9 @@ class Router:
         if merged["data_class"] not in {"PUBLIC", "INTERNAL", "CONFIDENTIAL", "RESTRICTED"}:
             raise InvalidRequestError(f"request.data_class {request.get('data_class')!r}: expected "
                                       "PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED")
+        context = RoutingContext.from_any(context)
         policy_input = {"request": merged,
-                        "context": RoutingContext.from_any(context).to_policy(),
+                        "context": {**context.to_policy(), **self.budget_view(context.tenant)},
                         "loci": self.loci_view()}
         return self.policy.evaluate(policy_input)
 
@@ -200,7 +226,9 @@ class Router:
                           context: RoutingContext | dict[str, Any] | None = None,
                           locus: str | None = None, stream: bool = False, **params: Any) -> Any:
         messages = normalize_messages(messages)
-        decision, run = self._prepare(messages, context, locus, stream, params)
+        # analysis is CPU work and the budget a Redis round trip: keep both off the event loop
+        decision, run = await asyncio.to_thread(self._prepare, messages, context, locus, stream,
+                                                params)
         litellm = dispatch.litellm_module(local_models=self._uses_local)
         finish = self._finisher(decision, messages)
         if stream:
@@ -228,16 +256,21 @@ class Router:
         if stream:
             params["stream"] = True
             params.setdefault("stream_options", {"include_usage": True})
+        budget = BudgetGuard(self.state, decision.context.tenant, decision.budget["budget_usd"],
+                             {n: s.predicted_cost_usd for n, s in decision.plan.scores.items()})
         run = dispatch.Run(
             [self._loci[name] for name in decision.plan.loci], messages, params,
             stats=self.stats, entities=decision.profile.entities, redact=decision.policy.redact,
             redact_zones=decision.policy.redact_zones,
-            allow_content_filter_failover=self.config.allow_failover_on_content_filter)
+            allow_content_filter_failover=self.config.allow_failover_on_content_filter,
+            budget=budget)
         return decision, run
 
     def _finisher(self, decision: Decision, messages: list[dict[str, Any]]) -> dispatch.Finish:
         def finish(run: dispatch.Run, outcome: dict[str, Any] | None,
                    error: BaseException | None) -> dict[str, Any]:
+            if run.budget is not None:  # charge the tenant what the call really cost
+                run.budget.end(outcome["cost_usd"] if outcome else None)
             return self._write(decision, messages, run, outcome, "ok" if error is None else
                                "error", error)
         return finish
@@ -287,6 +320,7 @@ class Router:
             "context": {"tenant": decision.context.tenant, "user": decision.context.user,
                         "app": decision.context.app,
                         "interactive": decision.context.interactive},
+            "budget": decision.budget,
             "allowed": decision.policy.allowed,
             "denied": decision.policy.denied,
             "obligations": {"redact": decision.policy.redact},

@@ -49,6 +49,52 @@ violations contains {"locus": name, "reason": msg} if {
 	msg := sprintf("predicted cost $%.6f over cap $%.6f", [predicted_cost(locus), cap])
 }
 
+# --- tenant budget: a paid locus needs money left, and a balance someone can vouch for ------------
+# context.budget_state: "ok", "exceeded", or "unknown" (the shared state backend is unreachable:
+# fail closed). A locus is paid when its zone is listed as paid or its predicted cost is above 0.
+
+budget_state := object.get(input.context, "budget_state", "ok")
+
+paid(locus) if locus.zone in object.get(settings, "paid_zones", ["cloud"])
+
+paid(locus) if predicted_cost(locus) > 0
+
+default budget_detail := ""
+
+budget_detail := sprintf(": $%v of $%v spent", [input.context.spent_usd, input.context.budget_usd]) if {
+	is_number(input.context.spent_usd)
+	is_number(input.context.budget_usd)
+}
+
+violations contains {"locus": name, "reason": "tenant budget unknown (state backend unreachable)"} if {
+	budget_state == "unknown"
+	some name, locus in input.loci
+	paid(locus)
+}
+
+violations contains {"locus": name, "reason": concat("", ["tenant budget exhausted", budget_detail])} if {
+	budget_state == "exceeded"
+	some name, locus in input.loci
+	paid(locus)
+}
+
+violations contains {"locus": name, "reason": msg} if {
+	budget_state == "ok"
+	is_number(input.context.budget_usd)
+	is_number(input.context.spent_usd)
+	remaining := input.context.budget_usd - input.context.spent_usd
+	some name, locus in input.loci
+	predicted_cost(locus) > remaining
+	msg := sprintf("predicted cost $%.6f over the tenant's remaining budget $%.6f", [predicted_cost(locus), remaining])
+}
+
+violations contains {"locus": name, "reason": msg} if {
+	not budget_state in {"ok", "exceeded", "unknown"}
+	some name, locus in input.loci
+	paid(locus)
+	msg := sprintf("tenant budget state %v not understood", [budget_state])
+}
+
 # --- latency budget: deny loci predicted to miss it, unless none would be left --------------------
 
 predicted_latency_ms(locus) := locus.p50_ttft_ms + ((input.request.tokens_out_est * 1000) / locus.tokens_per_s)

@@ -106,3 +106,54 @@ test_unknown_task_gets_strong_floor if {
 test_unlisted_task_gets_default_floor if {
 	run(object.union(request("PUBLIC"), {"task": "poetry"})).capability_floor == 1
 }
+
+# --- tenant budget ---------------------------------------------------------------------------
+
+budget(state, spent, limit) := object.union(context, {"budget_state": state, "spent_usd": spent, "budget_usd": limit})
+
+test_budget_unknown_denies_paid_loci if {
+	# the state backend is unreachable: fail closed for cloud and for any priced locus
+	d := run_ctx(request("PUBLIC"), budget("unknown", null, 5))
+	d.allowed == ["device"]
+	d.denied.cloud == ["tenant budget unknown (state backend unreachable)"]
+	d.denied.onprem == ["tenant budget unknown (state backend unreachable)"]
+}
+
+test_budget_unknown_denies_a_free_cloud_locus_too if {
+	free_cloud := object.union(loci.cloud, {"usd_per_mtok_in": 0, "usd_per_mtok_out": 0})
+	d := decision with input as {"request": request("PUBLIC"), "context": budget("unknown", null, 5), "loci": object.union(loci, {"cloud": free_cloud})}
+	d.denied.cloud == ["tenant budget unknown (state backend unreachable)"]
+}
+
+test_budget_exceeded_denies_paid_loci if {
+	d := run_ctx(request("PUBLIC"), budget("exceeded", 5.5, 5))
+	d.allowed == ["device"]
+	d.denied.cloud == ["tenant budget exhausted: $5.5 of $5 spent"]
+}
+
+test_budget_ok_allows_everything_affordable if {
+	run_ctx(request("PUBLIC"), budget("ok", 1, 5)).allowed == ["cloud", "device", "onprem"]
+}
+
+test_budget_denies_a_locus_whose_predicted_cost_exceeds_what_is_left if {
+	# cloud: (100 * 2.5 + 100 * 10) / 1e6 = $0.00125; onprem: $0.00004; $0.0001 left
+	d := run_ctx(request("PUBLIC"), budget("ok", 4.9999, 5))
+	d.allowed == ["device", "onprem"]
+	startswith(d.denied.cloud[0], "predicted cost $0.001250 over the tenant's remaining budget")
+}
+
+test_no_budget_fields_change_nothing if {
+	run(request("PUBLIC")).allowed == ["cloud", "device", "onprem"]
+	run_ctx(request("PUBLIC"), budget("ok", null, null)).allowed == ["cloud", "device", "onprem"]
+}
+
+test_budget_state_misspelt_fails_closed if {
+	d := run_ctx(request("PUBLIC"), budget("fine", 0, 5))
+	d.allowed == ["device"]
+}
+
+test_budget_and_sovereignty_reasons_accumulate if {
+	d := run_ctx(request("CONFIDENTIAL"), budget("unknown", null, 5))
+	d.allowed == ["device"]
+	count(d.denied.cloud) == 2
+}
