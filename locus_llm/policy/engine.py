@@ -58,7 +58,7 @@ class Bundle:
     modules: tuple[tuple[str, str], ...]  # (path, Rego source)
     data_json: str
     revision: str
-    fingerprint: tuple[tuple[str, int, int], ...]  # (file, mtime_ns, size): cheap change check
+    fingerprint: tuple[tuple[str, int, int, int], ...]  # (file, inode, mtime_ns, size)
     watched: tuple[str, ...]  # the folder and files (paths) the fingerprint covers
     files: tuple[str, ...]
 
@@ -110,14 +110,18 @@ def watched_files(folder: Path) -> tuple[str, ...]:
     return (str(folder), *names)
 
 
-def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
-    """The folder's and the files' mtimes and sizes: what changes when someone edits the bundle.
+def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int, int], ...]:
+    """The folder's and the files' inodes, mtimes and sizes: what changes when the bundle does.
 
     The folder's own mtime changes when a file is added, removed or atomically replaced, so the
-    per-call check stats known names only (no directory listing on the decision path).
+    per-call check stats known names only (no directory listing on the decision path). stat
+    follows symlinks: a Kubernetes ConfigMap volume (`routing.rego -> ..data/routing.rego`,
+    `..data` swapped atomically to a new revision folder) shows up as new inodes even when a
+    file keeps its size and the clock is too coarse to move its mtime.
     """
     try:
-        return tuple((path, (st := os.stat(path)).st_mtime_ns, st.st_size) for path in paths)
+        return tuple((path, (st := os.stat(path)).st_ino, st.st_mtime_ns, st.st_size)
+                     for path in paths)
     except OSError:
         return ()
 
@@ -126,11 +130,16 @@ def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
                 tests: bool = False) -> Bundle:
     """Read and compile the bundle once to validate it, or raise PolicyError naming file:line."""
     folder = Path(folder)
-    watched = watched_files(folder)
-    printed = fingerprint(watched)
-    files = bundle_files(folder, tests=tests)
-    modules = tuple((str(path), _read(path)) for path in files)
-    data = deep_merge(_read_data(folder / "data.json"), data_overrides or {})
+    # Read until the folder holds still: a swap between reading two files would mix revisions.
+    for _ in range(5):
+        watched = watched_files(folder)
+        printed = fingerprint(watched)
+        files = bundle_files(folder, tests=tests)
+        modules = tuple((str(path), _read(path)) for path in files)
+        raw_data = _read_data(folder / "data.json")
+        if fingerprint(watched_files(folder)) == printed:
+            break
+    data = deep_merge(raw_data, data_overrides or {})
     data_json = json.dumps(data, sort_keys=True)
     digest = hashlib.sha256()
     for path, text in modules:
@@ -176,6 +185,10 @@ class PolicyEngine:
         with self._reload_lock:
             if fingerprint(self._bundle.watched) == self._bundle.fingerprint:
                 return  # another thread reloaded meanwhile
+            # what this attempt sees, taken before reading: if the folder changes while it
+            # loads, the next call notices and tries again
+            watched = watched_files(self.folder)
+            attempted = fingerprint(watched)
             try:
                 bundle = load_bundle(self.folder, self.data_overrides)
             except PolicyError as exc:
@@ -184,9 +197,8 @@ class PolicyEngine:
                               self._bundle.revision, exc)
                 self.last_reload_error = str(exc)
                 # remember the broken state so we do not recompile it on every call
-                watched = watched_files(self.folder)
                 self._bundle = dataclasses.replace(
-                    self._bundle, watched=watched, fingerprint=fingerprint(watched))
+                    self._bundle, watched=watched, fingerprint=attempted)
                 return
             self.last_reload_error = None
             log.info("policy reloaded: revision %s -> %s", self._bundle.revision, bundle.revision)
