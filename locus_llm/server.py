@@ -867,9 +867,11 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
-        help="serve local models over an OpenAI-compatible HTTP API",
+        help="serve local models, or the router as a gateway, over an OpenAI-compatible HTTP API",
         description="Serve local models at /v1/chat/completions, /v1/models and /health "
-        "(what vLLM offers on-prem). Stops gracefully on SIGINT/SIGTERM.",
+        "(what vLLM offers on-prem); or, with --config/--router, run the router as a gateway: "
+        "/v1/chat/completions routed through the policy, /v1/route (the decision only) and "
+        "/health. Stops gracefully on SIGINT/SIGTERM.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -891,6 +893,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="VAR",
         help="require 'Authorization: Bearer <key>' with the key read from this variable",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="gateway mode: route every call with this locus config (see locus_llm.gateway)",
+    )
+    parser.add_argument(
+        "--router",
+        action="store_true",
+        help="gateway mode with LOCUS_CONFIG (or the built-in default config)",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=64,
+        help="gateway mode: calls handled at once; then 429 (default 64)",
+    )
     parser.set_defaults(handler=_serve_command)
 
 
@@ -900,6 +918,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ConfigError(f"--api-key-env {args.api_key_env}: that variable is unset or empty")
+    if getattr(args, "config", None) or getattr(args, "router", False):
+        return _serve_gateway(args, api_key)
     from locus_llm.local.models import load  # the runtime is heavy: only when serving
 
     names = args.models or ["smollm2"]
@@ -911,5 +931,21 @@ def _serve_command(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         api_key=api_key,
+    )
+    return 0
+
+
+def _serve_gateway(args: argparse.Namespace, api_key: str | None) -> int:
+    if args.models:
+        raise ConfigError(
+            "--model serves local models, --config/--router runs the router: "
+            "choose one (the router reaches local models through its loci)"
+        )
+    from locus_llm.gateway import serve_gateway
+    from locus_llm.router import Router
+
+    router = Router.from_file(args.config) if args.config else Router.default()
+    serve_gateway(
+        router, host=args.host, port=args.port, max_inflight=args.max_inflight, api_key=api_key
     )
     return 0

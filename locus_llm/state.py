@@ -420,19 +420,25 @@ class RedisState:
     def settle(
         self, tenant: str, actual_usd: float, reservation: Reservation | None = None
     ) -> None:
+        """At once when Redis answers (the next decision sees it); else kept and written later."""
         period = reservation.period if reservation else budget_period(self.period)
-        self._submit(
-            _Write(
-                "settle",
-                SETTLE,
-                self._spend_keys(period, tenant),
-                (
-                    reservation.id if reservation else "",
-                    repr(float(actual_usd)),
-                    str(PERIOD_TTL_S[self.period]),
-                ),
-            )
+        write = _Write(
+            "settle",
+            SETTLE,
+            self._spend_keys(period, tenant),
+            (
+                reservation.id if reservation else "",
+                repr(float(actual_usd)),
+                str(PERIOD_TTL_S[self.period]),
+            ),
         )
+        if self.available:
+            try:
+                self._scripts[SETTLE](keys=write.keys, args=write.args)
+                return
+            except self._errors as exc:
+                self._went_down(exc)
+        self._keep([write])
 
     def status(self) -> dict[str, Any]:
         return {

@@ -85,7 +85,7 @@ violations contains {"locus": name, "reason": msg} if {
 	remaining := input.context.budget_usd - input.context.spent_usd
 	some name, locus in input.loci
 	predicted_cost(locus) > remaining
-	msg := sprintf("predicted cost $%.6f over the tenant's remaining budget $%.6f", [predicted_cost(locus), remaining])
+	msg := sprintf("tenant budget: predicted cost $%.6f over the $%.6f left", [predicted_cost(locus), remaining])
 }
 
 violations contains {"locus": name, "reason": msg} if {

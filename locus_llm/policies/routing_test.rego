@@ -139,7 +139,7 @@ test_budget_denies_a_locus_whose_predicted_cost_exceeds_what_is_left if {
 	# cloud: (100 * 2.5 + 100 * 10) / 1e6 = $0.00125; onprem: $0.00004; $0.0001 left
 	d := run_ctx(request("PUBLIC"), budget("ok", 4.9999, 5))
 	d.allowed == ["device", "onprem"]
-	startswith(d.denied.cloud[0], "predicted cost $0.001250 over the tenant's remaining budget")
+	startswith(d.denied.cloud[0], "tenant budget: predicted cost $0.001250 over the $0.000100 left")
 }
 
 test_no_budget_fields_change_nothing if {
