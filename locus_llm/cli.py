@@ -97,7 +97,7 @@ def _add_area_commands(sub: argparse._SubParsersAction) -> None:
     import importlib
 
     for module in ("locus_llm.local.cli", "locus_llm.server", "locus_llm.analysis.train",
-                   "locus_llm.evaluation", "locus_llm.bench"):
+                   "locus_llm.evaluation", "locus_llm.bench", "locus_llm.deploy"):
         try:
             area = importlib.import_module(module)
         except ImportError as exc:

@@ -2,6 +2,7 @@
 
     locus deploy networkpolicy --config router.yaml --cidr api.example.com=203.0.113.10/32
     locus deploy litellm-config --config router.yaml
+    locus deploy policy-configmap --bundle locus_llm/policies
 
 The NetworkPolicy lets the locus pods reach the configured loci and nothing else (plus DNS and
 the Redis state backend): sovereignty enforced by the network as well as by the policy. A
@@ -13,7 +14,9 @@ NetworkPolicy matches addresses, not names, so each locus host becomes:
     ranges, or the egress gateway's); without them the command refuses rather than open the
     whole internet. Name-based egress needs a mesh egress gateway or an FQDN-aware CNI.
 
-The LiteLLM Proxy config has one deployment per locus, named after it, and the locus hook.
+The LiteLLM Proxy config has one deployment per locus, named after it, and the locus hook. The
+policy ConfigMap holds the bundle's files (tests excluded); mounted as a folder (not with subPath)
+it is updated in place by the kubelet and hot-reloaded by every replica without a restart.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from locus_llm.config import LocusConfig, load_config
+from locus_llm.config import PACKAGED_BUNDLE, LocusConfig, load_config
 from locus_llm.errors import ConfigError
+from locus_llm.policy.engine import bundle_files, load_bundle
 
 LOCAL_PROVIDER = "locus-onnx/"  # in-process loci: no network, no proxy deployment
 PROXY_CALLBACK = "locus_llm.litellm_proxy.locus_hook"
@@ -192,6 +197,30 @@ def proxy_config(config: LocusConfig, *, callback: str = PROXY_CALLBACK) -> dict
     }
 
 
+def policy_configmap(
+    bundle: Path = PACKAGED_BUNDLE, *, namespace: str = "locus", name: str = "locus-policy"
+) -> dict[str, Any]:
+    """The policy bundle as a ConfigMap, after checking that it loads (a broken bundle is
+    refused here rather than by every replica)."""
+    bundle = Path(bundle)
+    revision = load_bundle(bundle).revision
+    files = [
+        *bundle_files(bundle),
+        *([bundle / "data.json"] if (bundle / "data.json").exists() else []),
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "locus"},
+            "annotations": {"locus-llm/policy-revision": revision},
+        },
+        "data": {path.name: path.read_text(encoding="utf-8") for path in files},
+    }
+
+
 def parse_pairs(values: list[str], flag: str) -> dict[str, list[str]]:
     pairs: dict[str, list[str]] = {}
     for value in values:
@@ -225,7 +254,28 @@ def parse_pods(values: list[str]) -> dict[str, dict[str, str]]:
 
 
 def dump(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    """YAML; a ConfigMap's multi-line values (Rego, JSON) as literal blocks, tabs and all, so the
+    committed file reads like the bundle (PyYAML would quote any text holding a tab)."""
+    if document.get("kind") != "ConfigMap":
+        return yaml.safe_dump(document, sort_keys=False)
+    head = yaml.safe_dump({k: v for k, v in document.items() if k != "data"}, sort_keys=False)
+    lines = [head.rstrip("\n"), "data:"]
+    for key, value in document.get("data", {}).items():
+        lines.append(f"  {key}: {literal_block(value, indent=4)}")
+    text = "\n".join(lines) + "\n"
+    if yaml.safe_load(text) != document:  # never write what does not read back the same
+        raise ConfigError("internal error: the ConfigMap did not round-trip through YAML")
+    return text
+
+
+def literal_block(value: str, *, indent: int) -> str:
+    """A YAML literal block scalar holding exactly `value`."""
+    if "\n" not in value or value != value.lstrip(" \n") or "\r" in value:
+        return yaml.safe_dump(value, default_style='"').rstrip("\n")  # short or unusual: quote
+    chomp = "-" if not value.endswith("\n") else ("+" if value.endswith("\n\n") else "")
+    pad = " " * indent
+    body = "\n".join(pad + line if line else "" for line in value.split("\n"))
+    return f"|{chomp}\n{body.rstrip() if chomp != '+' else body}"
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -267,6 +317,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     proxy.add_argument("--config", help="locus config file (default: LOCUS_CONFIG)")
     proxy.set_defaults(handler=cmd_litellm_config)
 
+    bundle = deploy_sub.add_parser(
+        "policy-configmap", help="a ConfigMap holding a policy bundle (hot-reloaded when mounted)"
+    )
+    bundle.add_argument(
+        "--bundle",
+        default=str(PACKAGED_BUNDLE),
+        help="bundle folder (default: the packaged bundle)",
+    )
+    bundle.add_argument("--namespace", default="locus", help="namespace (default: locus)")
+    bundle.add_argument("--name", default="locus-policy", help="object name")
+    bundle.set_defaults(handler=cmd_policy_configmap)
+
 
 def cmd_networkpolicy(args: argparse.Namespace) -> int:
     document = network_policy(
@@ -282,4 +344,11 @@ def cmd_networkpolicy(args: argparse.Namespace) -> int:
 
 def cmd_litellm_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dump(proxy_config(load_config(args.config))))
+    return 0
+
+
+def cmd_policy_configmap(args: argparse.Namespace) -> int:
+    sys.stdout.write(
+        dump(policy_configmap(Path(args.bundle), namespace=args.namespace, name=args.name))
+    )
     return 0

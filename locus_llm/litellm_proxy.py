@@ -50,15 +50,17 @@ from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
 from locus_llm.config import LocusConfig
+from locus_llm.dispatch import ChunkRestorer, cost_usd, usage_of
 from locus_llm.errors import InvalidRequestError, LocusError, NoAllowedLocusError, PolicyError
 from locus_llm.redaction import Vault
 from locus_llm.router import ROUTING_FIELDS, Decision, Router, router_for
+from locus_llm.state import BudgetGuard
 
 log = logging.getLogger("locus.litellm_proxy")
 
 ROUTING_ALIAS = "locus"
 CHAT_CALLS = frozenset({"completion", "acompletion"})
-MAX_OPEN_VAULTS = 10_000  # redaction mappings of requests still in flight (oldest dropped)
+MAX_IN_FLIGHT = 10_000  # redaction mappings and budget reservations kept per request
 
 
 def locus_names(router: Router) -> list[str]:
@@ -111,6 +113,7 @@ class LocusProxyHook(CustomLogger):
         self._router: Router | None = None
         self._router_lock = threading.Lock()
         self._vaults: OrderedDict[str, Vault] = OrderedDict()
+        self._budgets: OrderedDict[str, BudgetGuard] = OrderedDict()
         if warm:
             threading.Thread(target=self._warm, name="locus-warm", daemon=True).start()
 
@@ -177,7 +180,8 @@ class LocusProxyHook(CustomLogger):
             raise refusal(
                 503, f"policy unavailable, nothing was sent: {exc}", code="locus_policy_error"
             ) from None
-        return self._apply(decision, data, messages, router)
+        # the budget reservation may be a Redis round trip: off the event loop too
+        return await asyncio.to_thread(self._apply, decision, data, messages, router)
 
     def _context(self, data: dict, key: Any) -> dict[str, Any]:
         """The routing context: the caller's `metadata.locus`, with identity from the key."""
@@ -231,6 +235,30 @@ class LocusProxyHook(CustomLogger):
         def needs_redaction(name: str) -> bool:
             return bool(policy.redact) and router.config.locus(name).zone in policy.redact_zones
 
+        # the first locus of the plan the tenant's budget can pay for (a reservation, shared
+        # through the state backend: concurrent requests on every replica count)
+        budget = BudgetGuard(
+            router.state,
+            decision.context.tenant,
+            decision.budget.get("budget_usd"),
+            {n: score.predicted_cost_usd for n, score in decision.plan.scores.items()},
+        )
+        refused: dict[str, list[str]] = {}
+        for name in plan:
+            reason = budget.admit(router.config.locus(name))
+            if reason is None:
+                break
+            refused[name] = [reason]
+        else:
+            router._write(decision, messages, None, None, "refused")
+            detail = "; ".join(f"{n}: {r[0]}" for n, r in refused.items())
+            raise refusal(
+                403,
+                f"tenant {decision.context.tenant!r}: {detail}; nothing was sent",
+                code="locus_budget_denied",
+                denied=refused,
+            )
+        plan = plan[plan.index(name) :]
         primary = plan[0]
         redact = needs_redaction(primary)
         fallbacks = [n for n in plan[1:] if needs_redaction(n) == redact]
@@ -241,7 +269,9 @@ class LocusProxyHook(CustomLogger):
                 messages, decision.profile.entities, policy.redact
             )
             redacted = vault.redacted_types
-            self._keep(decision.id, vault)
+            self._keep(self._vaults, decision.id, vault)
+        if budget.reservation is not None:
+            self._keep(self._budgets, decision.id, budget)
         data["model"] = primary
         if fallbacks:
             data["fallbacks"] = fallbacks
@@ -265,6 +295,7 @@ class LocusProxyHook(CustomLogger):
             "data_class": decision.profile.data_class.name,
             "redacted": redacted,
             "policy_revision": policy.revision,
+            "tenant": decision.context.tenant,
         }
         return data
 
@@ -281,10 +312,11 @@ class LocusProxyHook(CustomLogger):
         except Exception:  # an older or newer router without the call: do not guess
             return None
 
-    def _keep(self, decision_id: str, vault: Vault) -> None:
-        self._vaults[decision_id] = vault
-        while len(self._vaults) > MAX_OPEN_VAULTS:
-            self._vaults.popitem(last=False)
+    @staticmethod
+    def _keep(table: OrderedDict[str, Any], decision_id: str, value: Any) -> None:
+        table[decision_id] = value
+        while len(table) > MAX_IN_FLIGHT:  # a request the proxy never reported back on
+            table.popitem(last=False)
 
     def _vault_for(self, data: dict | None, *, pop: bool) -> Vault | None:
         metadata = (data or {}).get("metadata") or {}
@@ -305,8 +337,6 @@ class LocusProxyHook(CustomLogger):
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict
     ) -> AsyncGenerator[Any, None]:
-        from locus_llm.dispatch import ChunkRestorer
-
         vault = self._vault_for(request_data, pop=True)
         restore = ChunkRestorer(vault)
         async for chunk in response:
@@ -348,21 +378,23 @@ class LocusProxyHook(CustomLogger):
         self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         name = self._locus_of(kwargs)
-        if name is None:
+        if name is None or self._router is None:
             return
+        router = self._router
         try:
             latency_ms = (end_time - start_time).total_seconds() * 1000
             first = kwargs.get("completion_start_time")
             ttft_ms = (first - start_time).total_seconds() * 1000 if first else None
-            usage = getattr(response_obj, "usage", None)
-            tokens_out = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-            self.router.stats.record_success(
+            usage = usage_of(response_obj)
+            cost = cost_usd(router.config.locus(name), usage)  # at the prices the policy saw
+            router.stats.record_success(
                 name,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
-                tokens_out=tokens_out,
-                cost_usd=float(kwargs.get("response_cost") or 0.0),
+                tokens_out=usage.get("completion_tokens", 0),
+                cost_usd=cost,
             )
+            await asyncio.to_thread(self._charge, kwargs, cost)
         except Exception as exc:  # a measurement must never fail a served request
             log.warning("locus: could not record success of %s: %s", name, exc)
 
@@ -370,20 +402,42 @@ class LocusProxyHook(CustomLogger):
         self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         name = self._locus_of(kwargs)
-        if name is not None:
-            try:
-                self.router.stats.record_failure(name)
-            except Exception as exc:
-                log.warning("locus: could not record failure of %s: %s", name, exc)
+        if name is None or self._router is None:
+            return
+        try:
+            self._router.stats.record_failure(name)
+            await asyncio.to_thread(self._charge, kwargs, None)
+        except Exception as exc:
+            log.warning("locus: could not record failure of %s: %s", name, exc)
+
+    def _charge(self, kwargs: dict, cost: float | None) -> None:
+        """Settle the tenant's account: the real cost of an answer, or release on a failure.
+        A fallback that answers after the first locus failed is charged without a reservation."""
+        decision = _decision_of(kwargs)
+        if decision is None:
+            return
+        guard = self._budgets.pop(decision["id"], None)
+        if guard is not None:
+            guard.end(cost)
+        elif cost and self._router is not None:
+            self._router.state.settle(decision["tenant"], cost, None)
 
     def _locus_of(self, kwargs: dict) -> str | None:
-        """The locus a logged attempt went to: its model group, if that is a locus."""
-        if self._router is None:
+        """The locus a logged attempt went to: its model group, when the hook routed it."""
+        if self._router is None or _decision_of(kwargs) is None:
             return None
         standard = kwargs.get("standard_logging_object") or {}
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         group = standard.get("model_group") or metadata.get("model_group") or kwargs.get("model")
         return group if group in locus_names(self._router) else None
+
+
+def _decision_of(kwargs: dict) -> dict[str, Any] | None:
+    """The hook's note on a logged call (the proxy moves request metadata into litellm_params)."""
+    for metadata in ((kwargs.get("litellm_params") or {}).get("metadata"), kwargs.get("metadata")):
+        if isinstance(metadata, dict) and isinstance(metadata.get("locus_decision"), dict):
+            return metadata["locus_decision"]
+    return None
 
 
 # Loaded by a proxy (its server module is imported first): load the models now, not on the first

@@ -34,6 +34,7 @@ from tests.fault_server import FaultServer, status
 TFN = "123 456 782"  # a valid Australian tax file number (check digit holds)
 ABN = "51 824 753 556"  # a valid Australian business number
 CLOUD = ("cloud-mini", "cloud-large")
+BUDGET_USD = 2e-5  # tenant "small": a few calls of a few tokens on cloud-mini
 STARTUP_TIMEOUT_S = 150.0  # the proxy imports a great deal; on a loaded 2-core machine it is slow
 
 
@@ -60,6 +61,7 @@ def locus_config(api_base: str) -> dict:
             locus("cloud-mini", "cloud", 3, 0.15, 0.6),
             locus("cloud-large", "cloud", 5, 2.5, 10.0),
         ],
+        "budgets": {"tenants": {"small": BUDGET_USD}},
         "policy": {
             "data": {"routing_settings": {"zones_by_class": {"RESTRICTED": ["device", "onprem"]}}}
         },
@@ -237,3 +239,25 @@ def test_a_model_that_is_not_a_locus_is_refused(proxy: Proxy, loopback: FaultSer
     with pytest.raises(openai.BadRequestError, match="not routed by locus"):
         ask(proxy, "hello", model="gpt-4o")
     assert loopback.requests == []
+
+
+def test_tenant_budget_is_charged_per_answer_and_enforced(proxy: Proxy, loopback: FaultServer):
+    """Each answer is charged at the locus's prices; once the next call cannot be paid for,
+    the proxy refuses it with 403 before anything is sent."""
+    small = {"metadata": {"locus": {"tenant": "small"}}}
+    served = 0
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        for _ in range(20):
+            ask(proxy, "Write a haiku about autumn leaves.", max_tokens=5, extra_body=small)
+            served += 1
+    # an answer here costs about $5e-6 at cloud-mini's prices (the echo's usage)
+    assert 1 <= served <= 6
+    assert "tenant budget" in denied.value.body["message"]
+    assert denied.value.body["provider_specific_fields"]["code"] in (
+        "locus_policy_denied",  # the policy saw the spent amount
+        "locus_budget_denied",  # the reservation failed (calls in flight elsewhere)
+    )
+    assert len(loopback.requests) == served  # the refused call reached no deployment
+    # the default tenant has no budget: unaffected
+    headers, _ = ask(proxy, "Write a haiku about autumn leaves.", max_tokens=5)
+    assert headers["x-litellm-model-group"] == "cloud-mini"
