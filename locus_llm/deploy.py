@@ -3,6 +3,7 @@
     locus deploy networkpolicy --config router.yaml --cidr api.example.com=203.0.113.10/32
     locus deploy litellm-config --config router.yaml
     locus deploy policy-configmap --bundle locus_llm/policies
+    locus deploy config-configmap --config router.yaml
 
 The NetworkPolicy lets the locus pods reach the configured loci and nothing else (plus DNS and
 the Redis state backend): sovereignty enforced by the network as well as by the policy. A
@@ -111,8 +112,10 @@ def network_policy(
     name: str = "locus-egress",
     cidrs: dict[str, list[str]] | None = None,
     pods: dict[str, dict[str, str]] | None = None,
+    istio: bool = False,
 ) -> dict[str, Any]:
-    """Egress for the locus pods: the loci, the Redis state backend and DNS; nothing else."""
+    """Egress for the locus pods: the loci, the Redis state backend and DNS; nothing else
+    (with `istio`, also the control plane the sidecar needs for its configuration and certs)."""
     cidrs, pods = cidrs or {}, pods or {}
     rules: list[dict[str, Any]] = [
         {
@@ -127,6 +130,20 @@ def network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         }
     ]
+    if istio:
+        rules.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "istio-system"}
+                        },
+                        "podSelector": {"matchLabels": {"app": "istiod"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": 15012}],
+            }
+        )
     targets: list[tuple[str, str, int]] = list(locus_endpoints(config))
     state = getattr(config, "state", "memory")
     if isinstance(state, str) and state.startswith(("redis://", "rediss://")):
@@ -197,6 +214,22 @@ def proxy_config(config: LocusConfig, *, callback: str = PROXY_CALLBACK) -> dict
     }
 
 
+def configmap(
+    name: str, files: dict[str, str], *, namespace: str, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "locus"},
+            **({"annotations": annotations} if annotations else {}),
+        },
+        "data": files,
+    }
+
+
 def policy_configmap(
     bundle: Path = PACKAGED_BUNDLE, *, namespace: str = "locus", name: str = "locus-policy"
 ) -> dict[str, Any]:
@@ -208,17 +241,22 @@ def policy_configmap(
         *bundle_files(bundle),
         *([bundle / "data.json"] if (bundle / "data.json").exists() else []),
     ]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "locus"},
-            "annotations": {"locus-llm/policy-revision": revision},
-        },
-        "data": {path.name: path.read_text(encoding="utf-8") for path in files},
-    }
+    return configmap(
+        name,
+        {path.name: path.read_text(encoding="utf-8") for path in files},
+        namespace=namespace,
+        annotations={"locus-llm/policy-revision": revision},
+    )
+
+
+def config_configmap(
+    path: Path, *, namespace: str = "locus", name: str = "locus-config"
+) -> dict[str, Any]:
+    """The locus config file as a ConfigMap (key config.yaml), after validating it."""
+    load_config(path)
+    return configmap(
+        name, {"config.yaml": Path(path).read_text(encoding="utf-8")}, namespace=namespace
+    )
 
 
 def parse_pairs(values: list[str], flag: str) -> dict[str, list[str]]:
@@ -309,6 +347,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="pod label of an in-cluster Service's pods (default "
         "app.kubernetes.io/name=<service>; repeatable)",
     )
+    policy.add_argument(
+        "--istio",
+        action="store_true",
+        help="the pods run Istio sidecars: allow istiod (port 15012) too",
+    )
     policy.set_defaults(handler=cmd_networkpolicy)
 
     proxy = deploy_sub.add_parser(
@@ -329,6 +372,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     bundle.add_argument("--name", default="locus-policy", help="object name")
     bundle.set_defaults(handler=cmd_policy_configmap)
 
+    settings = deploy_sub.add_parser(
+        "config-configmap", help="a ConfigMap holding the locus config (key config.yaml)"
+    )
+    settings.add_argument("--config", required=True, help="locus config file")
+    settings.add_argument("--namespace", default="locus", help="namespace (default: locus)")
+    settings.add_argument("--name", default="locus-config", help="object name")
+    settings.set_defaults(handler=cmd_config_configmap)
+
 
 def cmd_networkpolicy(args: argparse.Namespace) -> int:
     document = network_policy(
@@ -337,6 +388,7 @@ def cmd_networkpolicy(args: argparse.Namespace) -> int:
         name=args.name,
         cidrs=parse_cidrs(args.cidr),
         pods=parse_pods(args.pods),
+        istio=args.istio,
     )
     sys.stdout.write(dump(document))
     return 0
@@ -351,4 +403,10 @@ def cmd_policy_configmap(args: argparse.Namespace) -> int:
     sys.stdout.write(
         dump(policy_configmap(Path(args.bundle), namespace=args.namespace, name=args.name))
     )
+    return 0
+
+
+def cmd_config_configmap(args: argparse.Namespace) -> int:
+    document = config_configmap(Path(args.config), namespace=args.namespace, name=args.name)
+    sys.stdout.write(dump(document))
     return 0
