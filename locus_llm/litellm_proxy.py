@@ -104,13 +104,16 @@ class LocusProxyHook(CustomLogger):
         self,
         config: str | Path | LocusConfig | dict[str, Any] | None = None,
         *,
+        router: Router | None = None,
         alias: str = ROUTING_ALIAS,
         warm: bool = False,
     ) -> None:
+        """`config` as for `router_for` (None: LOCUS_CONFIG, else the built-in default), or a
+        ready `router`; `alias` is the model name that asks locus to choose."""
         super().__init__()
-        self.config = config  # None: LOCUS_CONFIG, else the built-in default
+        self.config = config
         self.alias = alias
-        self._router: Router | None = None
+        self._router: Router | None = router
         self._router_lock = threading.Lock()
         self._vaults: OrderedDict[str, Vault] = OrderedDict()
         self._budgets: OrderedDict[str, BudgetGuard] = OrderedDict()

@@ -108,6 +108,17 @@ def test_workloads_are_wired_to_their_config_policy_service_and_scaling(name: st
     assert volumes["config"]["configMap"]["name"] == "locus-config"
     assert config_path == mounts["config"]["mountPath"] + "/config.yaml"
     assert "config.yaml" in by_kind("ConfigMap", "locus-config")["data"]
+    # the container's command line is one its program accepts (flags renamed upstream show here)
+    if name == "locus-gateway":
+        from locus_llm.cli import build_parser
+
+        parsed = build_parser().parse_args(container["args"])
+        assert parsed.config == config_path and parsed.host == "0.0.0.0"
+    else:
+        from locus_mcp.cli import build_parser as mcp_parser
+
+        parsed = mcp_parser().parse_args(container["args"])
+        assert str(parsed.config) == config_path and parsed.token_env in env
     # probes: HTTP /health for the gateway; locus-mcp checks Host headers and has no /health
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if name == "locus-gateway":

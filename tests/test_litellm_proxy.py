@@ -11,6 +11,7 @@ Clients are the openai SDK, as applications use it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -26,9 +27,13 @@ import httpx
 import openai
 import pytest
 import yaml
+from fastapi import HTTPException
+from litellm.proxy._types import UserAPIKeyAuth
 
-from locus_llm.config import load_config
+from locus_llm.config import config_from_dict, load_config
 from locus_llm.deploy import proxy_config
+from locus_llm.litellm_proxy import LocusProxyHook
+from locus_llm.router import Router
 from tests.fault_server import FaultServer, status
 
 TFN = "123 456 782"  # a valid Australian tax file number (check digit holds)
@@ -261,3 +266,64 @@ def test_tenant_budget_is_charged_per_answer_and_enforced(proxy: Proxy, loopback
     # the default tenant has no budget: unaffected
     headers, _ = ask(proxy, "Write a haiku about autumn leaves.", max_tokens=5)
     assert headers["x-litellm-model-group"] == "cloud-mini"
+
+
+# --- the hook in this process: what the proxy hands it, without a proxy around it -------------
+
+
+@pytest.fixture(scope="module")
+def hook(analyzer) -> LocusProxyHook:
+    os.environ.setdefault("LOCUS_TEST_CLOUD_KEY", "sk-test")
+    router = Router(config_from_dict(locus_config("http://127.0.0.1:9/v1")), analyzer=analyzer)
+    return LocusProxyHook(router=router)
+
+
+def pre_call(
+    hook: LocusProxyHook, data: dict, *, team: str | None = None, call_type: str = "acompletion"
+) -> dict:
+    key = UserAPIKeyAuth(team_id=team, user_id="alice")
+    return asyncio.run(hook.async_pre_call_hook(key, None, data, call_type))
+
+
+def test_the_key_team_is_the_tenant_whatever_the_body_claims(hook: LocusProxyHook):
+    data = {
+        "model": "locus",
+        "messages": [{"role": "user", "content": "Write a haiku."}],
+        "metadata": {"locus": {"tenant": "small", "interactive": True}},
+    }
+    routed = pre_call(hook, data, team="team-a")
+    note = routed["metadata"]["locus_decision"]
+    assert note["tenant"] == "team-a"
+    assert routed["model"] == note["plan"][0] == "cloud-mini"
+    assert routed["fallbacks"] == note["plan"][1:]
+    record = hook.router.log.tail(1)[0]
+    assert record["context"] == {
+        "tenant": "team-a",
+        "user": "alice",
+        "app": None,
+        "interactive": True,
+    }
+    assert record["chosen"] == "cloud-mini"
+
+
+def test_malformed_routing_fields_and_other_calls_are_refused_clearly(hook: LocusProxyHook):
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(HTTPException) as bad:
+        pre_call(
+            hook, {"model": "locus", "messages": messages, "metadata": {"locus": {"tennant": "x"}}}
+        )
+    assert bad.value.status_code == 400 and "tennant" in bad.value.detail["error"]
+    with pytest.raises(HTTPException) as embedding:
+        pre_call(hook, {"model": "locus", "input": ["hi"]}, call_type="aembedding")
+    assert embedding.value.status_code == 400
+    assert "chat completions only" in embedding.value.detail["error"]
+    untouched = {"model": "text-embedding-3-small", "input": ["hi"]}
+    assert pre_call(hook, dict(untouched), call_type="aembedding") == untouched
+
+
+def test_a_single_locus_plan_disables_the_proxys_own_fallbacks(hook: LocusProxyHook):
+    routed = pre_call(
+        hook, {"model": "locus", "messages": [{"role": "user", "content": f"My TFN is {TFN}."}]}
+    )
+    assert routed["model"] == "onprem"
+    assert routed["disable_fallbacks"] is True and "fallbacks" not in routed
