@@ -101,7 +101,8 @@ def kernel_floor_ms(
     feed = {name: np.zeros(shape, dtype=np.float32) for name in model._past_names}
     feed["input_ids"] = np.full((1, new_tokens), 5, dtype=np.int64)
     feed["attention_mask"] = np.ones((1, past + new_tokens), dtype=np.int64)
-    feed["position_ids"] = np.arange(past, past + new_tokens, dtype=np.int64)[None]
+    if any(i.name == "position_ids" for i in session.get_inputs()):
+        feed["position_ids"] = np.arange(past, past + new_tokens, dtype=np.int64)[None]
     for _ in range(runs):
         session.run(None, feed)
     trace = Path(session.end_profiling())

@@ -52,15 +52,15 @@ def test_qwen2_with_attention_biases_matches_transformers(tmp_path: Path) -> Non
     assert text == model.tokenizer.decode(expected)
 
 
-def test_fused_group_query_attention_matches_transformers(
-    tiny_llama: TinyLlama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_standard_attention_graph_matches_transformers(
+    tiny_llama: TinyLlama, tmp_path: Path
 ) -> None:
-    """The alternative graph with onnxruntime's GroupQueryAttention (rotary inside)."""
-    from locus_llm.local import converter
-
-    monkeypatch.setattr(converter, "ATTENTION", "GroupQueryAttention")
-    convert_gguf(tiny_llama.gguf_path, tmp_path, quant="fp32")
+    """The opset-23 graph (RotaryEmbedding + Attention, a cache grown by concatenation): the
+    layout of most published ONNX decoders, run by the runtime's plain past/present path."""
+    manifest = convert_gguf(tiny_llama.gguf_path, tmp_path, quant="fp32", attention="standard")
+    assert manifest["kv_cache"] == "concat"
     model = OnnxChatModel(tmp_path, threads=1)
+    assert type(model.new_cache(8)).__name__ == "ConcatKVCache"
     ids = tiny_llama.tokenizer.encode(PROMPT).ids
     expected = hf_greedy(tiny_llama, ids, 32)
     text = "".join(d.text for d in model.stream_tokens(ids, max_tokens=32))
@@ -83,9 +83,13 @@ def test_prefill_and_single_token_steps_agree(
     tiny_llama: TinyLlama, tiny_model: OnnxChatModel
 ) -> None:
     ids = tiny_llama.tokenizer.encode(PROMPT + " is").ids
-    prefill, _ = tiny_model._step(ids, 0, tiny_model._empty_cache())
+    prefill = tiny_model.new_cache(len(ids)).step(ids)
     *_, stepwise = tiny_model.next_token_logits(ids)
     np.testing.assert_allclose(prefill, stepwise, atol=1e-4)
+    # Half the prompt, then the rest in one step on top of the cache (chunked prefill).
+    cache = tiny_model.new_cache(len(ids))
+    cache.step(ids[:3])
+    np.testing.assert_allclose(cache.step(ids[3:]), stepwise, atol=1e-4)
 
 
 def test_tied_embeddings_and_quantised_gguf_tensors(tmp_path: Path) -> None:

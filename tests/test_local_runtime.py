@@ -169,35 +169,52 @@ def test_multibyte_characters_stream_as_whole_characters(
     assert deltas[-1].usage["completion_tokens"] == n  # type: ignore[index]
 
 
-def test_foreign_folder_in_the_common_layout(tiny_onnx_dir: Path, tmp_path: Path) -> None:
-    """A folder described by onnxruntime-genai's genai_config.json instead of our locus.json."""
-    folder = tmp_path / "genai-model"
+def genai_folder(source: Path, folder: Path, search: dict[str, object]) -> Path:
+    """A copy of a converted model described by onnxruntime-genai's genai_config.json instead
+    of our locus.json (the layout Phi-3/Phi-4-mini are published in)."""
     folder.mkdir()
-    shutil.copy(tiny_onnx_dir / "model.onnx", folder / "decoder.onnx")
-    shutil.copy(tiny_onnx_dir / "model.onnx.data", folder / "model.onnx.data")
-    shutil.copy(tiny_onnx_dir / "tokenizer.json", folder / "tokenizer.json")
-    ours = json.loads((tiny_onnx_dir / "locus.json").read_text())
-    template = json.loads((tiny_onnx_dir / "tokenizer_config.json").read_text())["chat_template"]
+    shutil.copy(source / "model.onnx", folder / "decoder.onnx")
+    shutil.copy(source / "model.onnx.data", folder / "model.onnx.data")
+    shutil.copy(source / "tokenizer.json", folder / "tokenizer.json")
+    ours = json.loads((source / "locus.json").read_text())
+    template = json.loads((source / "tokenizer_config.json").read_text())["chat_template"]
     (folder / "chat_template.jinja").write_text(template)
-    (folder / "genai_config.json").write_text(
-        json.dumps(
-            {
-                "model": {
-                    "context_length": CONTEXT_LENGTH,
-                    "eos_token_id": ours["eos_token_ids"],
-                    "decoder": {
-                        "filename": "decoder.onnx",
-                        "head_size": 16,
-                        "num_key_value_heads": 2,
-                    },
-                }
-            }
-        )
-    )
+    model = {
+        "context_length": CONTEXT_LENGTH,
+        "eos_token_id": ours["eos_token_ids"],
+        "decoder": {"filename": "decoder.onnx", "head_size": 16, "num_key_value_heads": 2},
+    }
+    (folder / "genai_config.json").write_text(json.dumps({"model": model, "search": search}))
+    return folder
+
+
+def test_foreign_folder_in_the_common_layout(
+    tiny_llama: TinyLlama, tiny_model: OnnxChatModel, tmp_path: Path
+) -> None:
+    """Plain past_key_values inputs and present outputs, positions given, logits at every
+    position (the usual export): the cache grows by concatenation."""
+    from locus_llm.local.converter import convert_gguf
+
+    convert_gguf(tiny_llama.gguf_path, tmp_path / "standard", quant="fp32", attention="standard")
+    folder = genai_folder(tmp_path / "standard", tmp_path / "genai-model", {})
     foreign = OnnxChatModel(folder, threads=1)
-    reference = OnnxChatModel(tiny_onnx_dir, threads=1)
     assert foreign.context_window == CONTEXT_LENGTH
-    assert run(foreign, max_tokens=16)[0] == run(reference, max_tokens=16)[0]
+    assert type(foreign.new_cache(8)).__name__ == "ConcatKVCache"
+    assert run(foreign, max_tokens=16)[0] == run(tiny_model, max_tokens=16)[0]
+
+
+def test_genai_folder_with_a_shared_kv_buffer(
+    tiny_onnx_dir: Path, tiny_model: OnnxChatModel, tmp_path: Path
+) -> None:
+    """onnxruntime-genai's `past_present_share_buffer` on a GroupQueryAttention graph: one
+    buffer per layer for the whole generation, written in place."""
+    search = {"past_present_share_buffer": True}
+    folder = genai_folder(tiny_onnx_dir, tmp_path / "genai-shared", search)
+    foreign = OnnxChatModel(folder, threads=1)
+    cache = foreign.new_cache(20)
+    assert type(cache).__name__ == "SharedKVCache"
+    assert cache.buffers[0].shape() == [1, 2, 20, 16]
+    assert run(foreign, max_tokens=16)[0] == run(tiny_model, max_tokens=16)[0]
 
 
 def test_folder_without_a_graph_is_a_clear_error(tmp_path: Path) -> None:

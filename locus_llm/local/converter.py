@@ -30,14 +30,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from locus_llm.errors import LocusError
 
-CONVERTER_VERSION = 3
+CONVERTER_VERSION = 4
 QUANTS = ("int4", "int8", "fp32")
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 BLOCK_SIZE = 32
 # int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
 ACCURACY_LEVEL = 4
-# "GroupQueryAttention" (onnxruntime's fused kernel, rotary inside) or "Attention" (opset 23).
-ATTENTION = "Attention"
+ATTENTIONS = ("gqa", "standard")
+# Bits of the vocabulary projection (tied to the embedding table in small models).
+LM_HEAD_BITS = 8
 # Fractions of a block's range tried when re-quantising float weights to 4 bits.
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 # Bit widths quantised symmetrically (no zero points: onnxruntime's fastest kernels).
@@ -86,10 +87,20 @@ def convert_gguf(
     *,
     quant: str = "int4",
     name: str | None = None,
+    attention: str = "gqa",
 ) -> dict[str, Any]:
-    """Convert one GGUF file into a model folder; returns the manifest written as `locus.json`."""
+    """Convert one GGUF file into a model folder; returns the manifest written as `locus.json`.
+
+    `attention`: "gqa" (onnxruntime's GroupQueryAttention, rotary inside, run with one KV buffer
+    shared by past and present) or "standard" (opset-23 RotaryEmbedding + Attention, a cache
+    that grows by concatenation, like most published ONNX decoders).
+    """
     if quant not in QUANTS:
         raise ConversionError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANTS)}")
+    if attention not in ATTENTIONS:
+        raise ConversionError(
+            f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}"
+        )
     started = time.perf_counter()
     source = Path(gguf_path)
     if not source.is_file():
@@ -104,7 +115,7 @@ def convert_gguf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = _build_graph(params, lambda n: _load_tensor(tensors, n), tensors, quant)
+    model = _build_graph(params, lambda n: _load_tensor(tensors, n), tensors, quant, attention)
     for stale in ("model.onnx", "model.onnx.data"):
         (out / stale).unlink(missing_ok=True)
     onnx.save_model(
@@ -128,6 +139,9 @@ def convert_gguf(
         "converter_version": CONVERTER_VERSION,
         "architecture": params.architecture,
         "quant": quant,
+        "attention": attention,
+        # GroupQueryAttention graphs run with one preallocated buffer for past and present.
+        "kv_cache": "shared" if attention == "gqa" else "concat",
         "context_window": params.context_length,
         "vocab_size": params.vocab_size,
         "eos_token_ids": eos_ids,
@@ -412,6 +426,7 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        self._shared: dict[str, str] = {}
 
     def name(self, stem: str) -> str:
         self._count += 1
@@ -478,8 +493,10 @@ class _Graph:
     def _linear_blocks4(self, x: str, blocks: Blocks4, stem: str) -> str:
         """Exact GGUF 4-bit weights: x·(d(q-8))ᵀ by MatMulNBits, plus x·(m+8d)ᵀ per block.
 
-        The second term is the sum of x over each 32-wide block times a small [blocks, N]
-        matrix: a few cheap ops in place of zero points, which the fast kernels lack.
+        The second term is the sum of x over each 32-wide block (x times a 0/1 matrix) times a
+        small [blocks, N] matrix: two small MatMuls in place of zero points, which would have
+        to be integers (Q4_1's minimum is not a whole number of steps) or, as floats, take
+        onnxruntime's slow path that dequantises the whole matrix on every call.
         """
         n, n_blocks, size = blocks.q.shape
         packed = blocks.q[..., 0::2] | (blocks.q[..., 1::2] << 4)
@@ -500,14 +517,18 @@ class _Graph:
         offsets = (blocks.m + 8 * blocks.d).T.astype(np.float32)
         if not np.any(offsets):  # Q4_0: nothing to add
             return y
-        shape = self.const("block_shape", np.array([0, 0, n_blocks, size], dtype=np.int64))
-        (sums,) = self.op("Reshape", [x, shape])
-        (sums,) = self.op(
-            "ReduceSum", [sums, self.const("axes", np.array([-1], dtype=np.int64))], keepdims=0
-        )
+        (sums,) = self.op("MatMul", [x, self.block_indicator(n_blocks, size)])
         (correction,) = self.op("MatMul", [sums, self.const(stem + "_offsets", offsets)])
         (y,) = self.op("Add", [y, correction])
         return y
+
+    def block_indicator(self, n_blocks: int, size: int) -> str:
+        """A [K, blocks] 0/1 matrix summing x over each block (one per K, shared)."""
+        key = f"block_sum_{n_blocks}x{size}"
+        if key not in self._shared:
+            indicator = np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((size, 1), np.float32))
+            self._shared[key] = self.const(key, indicator)
+        return self._shared[key]
 
 
 def _rope_tables(
@@ -566,11 +587,13 @@ def _build_graph(
     load: Callable[[str], np.ndarray],
     tensors: dict[str, Any],
     quant: str,
+    attention: str,
 ) -> onnx.ModelProto:
     g = _Graph(quant)
     kv_dim = p.n_kv_heads * p.head_dim
     q_dim = p.n_heads * p.head_dim
     permuted = p.architecture == "llama"  # llama.cpp permutes Q/K rows of llama models only
+    fused = attention == "gqa"
 
     def bias(name: str) -> np.ndarray | None:
         return load(name) if name in tensors else None
@@ -583,27 +606,28 @@ def _build_graph(
     rope_freqs = load("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
     cos, sin = _rope_tables(p, rope_freqs)
     cos_name, sin_name = g.const("cos_cache", cos), g.const("sin_cache", sin)
-    # GroupQueryAttention takes lengths (and derives positions from them)...
-    (seqlens_k,) = g.op(
-        "ReduceSum",
-        ["attention_mask", g.const("axes", np.array([1], dtype=np.int64))],
-        keepdims=0,
-    )
-    (seqlens_k,) = g.op("Sub", [seqlens_k, g.const("one", np.array(1, dtype=np.int64))])
-    (seqlens_k,) = g.op("Cast", [seqlens_k], to=TensorProto.INT32)
-    (total_length,) = g.op("Shape", ["attention_mask"])
-    (total_length,) = g.op(
-        "Gather", [total_length, g.const("index", np.array(1, dtype=np.int64))], axis=0
-    )
-    (total_length,) = g.op("Cast", [total_length], to=TensorProto.INT32)
-    # ...the standard Attention takes a boolean mask.
-    (mask,) = g.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
-    # onnxruntime wants the mask as [batch, 1, query, total], not broadcast over the query axis.
-    (mask,) = g.op("Unsqueeze", [mask, g.const("axes", np.array([1, 2], dtype=np.int64))])
-    (query_len,) = g.op("Shape", ["input_ids"], start=1, end=2)
-    one = g.const("one", np.array([1], dtype=np.int64))
-    (mask_shape,) = g.op("Concat", [one, one, query_len, one], axis=0)
-    (mask,) = g.op("Expand", [mask, mask_shape])
+    if fused:
+        # GroupQueryAttention takes lengths (and derives positions from them): the number of
+        # tokens seen so far minus one, and the total; the cache buffer may be longer.
+        (seqlens_k,) = g.op(
+            "ReduceSum",
+            ["attention_mask", g.const("axes", np.array([1], dtype=np.int64))],
+            keepdims=0,
+        )
+        (seqlens_k,) = g.op("Sub", [seqlens_k, g.const("one", np.array(1, dtype=np.int64))])
+        (seqlens_k,) = g.op("Cast", [seqlens_k], to=TensorProto.INT32)
+        (total_length,) = g.op("Shape", ["attention_mask"], start=1, end=2)
+        (total_length,) = g.op("Squeeze", [total_length])
+        (total_length,) = g.op("Cast", [total_length], to=TensorProto.INT32)
+    else:
+        # The standard Attention takes a boolean mask, as [batch, 1, query, total]: onnxruntime
+        # does not broadcast it over the query axis.
+        (mask,) = g.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
+        (mask,) = g.op("Unsqueeze", [mask, g.const("axes", np.array([1, 2], dtype=np.int64))])
+        (query_len,) = g.op("Shape", ["input_ids"], start=1, end=2)
+        one = g.const("one", np.array([1], dtype=np.int64))
+        (mask_shape,) = g.op("Concat", [one, one, query_len, one], axis=0)
+        (mask,) = g.op("Expand", [mask, mask_shape])
 
     exact = quant == "int4"
 
@@ -612,14 +636,29 @@ def _build_graph(
         parts = [_load_blocks4(tensors, n) for n in names] if exact else [None]
         return Blocks4.concat(parts) if all(b is not None for b in parts) else None
 
+    def norm(x: str, residual: str | None, weight: str) -> tuple[str, str]:
+        """RMS norm of x (+ residual, which the fused op adds first); returns (normed, sum)."""
+        gamma = g.const(weight, load(f"{weight}.weight"))
+        if residual is None:
+            (h,) = g.op("RMSNormalization", [x, gamma], epsilon=p.rms_eps, axis=-1)
+            return h, x
+        if fused:
+            h, _, _, total = g.op(
+                "SkipSimplifiedLayerNormalization",
+                [x, residual, gamma],
+                n_out=4,
+                domain="com.microsoft",
+                epsilon=p.rms_eps,
+            )
+            return h, total
+        (total,) = g.op("Add", [x, residual])
+        (h,) = g.op("RMSNormalization", [total, gamma], epsilon=p.rms_eps, axis=-1)
+        return h, total
+
+    pending: str | None = None  # the last block's output, added to x by the next norm
     for i in range(p.n_layers):
         blk = f"blk.{i}"
-        (h,) = g.op(
-            "RMSNormalization",
-            [x, g.const(f"{blk}.attn_norm", load(f"{blk}.attn_norm.weight"))],
-            epsilon=p.rms_eps,
-            axis=-1,
-        )
+        h, x = norm(x, pending, f"{blk}.attn_norm")
         qkv_codes = codes(f"{blk}.attn_q.weight", f"{blk}.attn_k.weight", f"{blk}.attn_v.weight")
         if qkv_codes is not None and permuted:
             q_rows, k_rows = slice(0, q_dim), slice(q_dim, q_dim + kv_dim)
@@ -643,7 +682,7 @@ def _build_graph(
         qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv, blocks=qkv_codes)
         present = [f"present.{i}.key", f"present.{i}.value"]
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        if ATTENTION == "GroupQueryAttention":
+        if fused:
             attn, _, _ = g.op(
                 "GroupQueryAttention",
                 [qkv, "", "", *past, seqlens_k, total_length, cos_name, sin_name],
@@ -663,13 +702,7 @@ def _build_graph(
             f"{blk}.attn_output",
             blocks=codes(f"{blk}.attn_output.weight"),
         )
-        (x,) = g.op("Add", [x, o])
-        (h,) = g.op(
-            "RMSNormalization",
-            [x, g.const(f"{blk}.ffn_norm", load(f"{blk}.ffn_norm.weight"))],
-            epsilon=p.rms_eps,
-            axis=-1,
-        )
+        h, x = norm(x, o, f"{blk}.ffn_norm")
         gate_up = np.concatenate([load(f"{blk}.ffn_gate.weight"), load(f"{blk}.ffn_up.weight")])
         gu = g.linear(
             h,
@@ -686,40 +719,35 @@ def _build_graph(
         (act,) = g.op("Sigmoid", [gate])
         (act,) = g.op("Mul", [gate, act])
         (act,) = g.op("Mul", [act, up])
-        d = g.linear(
+        pending = g.linear(
             act,
             load(f"{blk}.ffn_down.weight"),
             f"{blk}.ffn_down",
             blocks=codes(f"{blk}.ffn_down.weight"),
         )
-        (x,) = g.op("Add", [x, d])
 
-    (x,) = g.op(
-        "Slice",
-        [
-            x,
-            g.const("start", np.array([-1], dtype=np.int64)),
-            g.const("end", np.array([np.iinfo(np.int64).max], dtype=np.int64)),
-            g.const("axis", np.array([1], dtype=np.int64)),
-        ],
-    )
-    (x,) = g.op(
-        "RMSNormalization",
-        [x, g.const("output_norm", load("output_norm.weight"))],
-        epsilon=p.rms_eps,
-        axis=-1,
-    )
+    assert pending is not None
+    # Only the last position's logits: generation never needs the others.
+    last = [
+        g.const("start", np.array([-1], dtype=np.int64)),
+        g.const("end", np.array([np.iinfo(np.int64).max], dtype=np.int64)),
+        g.const("axis", np.array([1], dtype=np.int64)),
+    ]
+    (x,) = g.op("Slice", [x, *last])
+    (pending,) = g.op("Slice", [pending, *last])
+    x, _ = norm(x, pending, "output_norm")
     head = load("output.weight") if "output.weight" in tensors else embedding  # tied embeddings
     # The vocabulary projection of a small model does not survive 4 bits (llama.cpp keeps it at 8).
-    logits = g.linear(x, head, "lm_head", min_bits=8)
+    logits = g.linear(x, head, "lm_head", min_bits=LM_HEAD_BITS)
     g.op("Identity", [logits], outputs=["logits"])
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [
         helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
         helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_sequence"]),
-        helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence"]),
     ]
+    if not fused:  # GroupQueryAttention derives positions from the mask
+        inputs.append(helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence"]))
     outputs = [helper.make_tensor_value_info("logits", f32, ["batch", 1, p.vocab_size])]
     for i in range(p.n_layers):
         for kind in ("key", "value"):

@@ -157,7 +157,8 @@ class OnnxChatModel:
 
         self.folder = Path(folder)
         manifest = _read_json(self.folder / "locus.json")
-        genai = _read_json(self.folder / "genai_config.json").get("model", {})
+        genai_config = _read_json(self.folder / "genai_config.json")
+        genai = {**genai_config.get("model", {}), "search": genai_config.get("search", {})}
         hf_config = _read_json(self.folder / "config.json")
         tok_config = _read_json(self.folder / "tokenizer_config.json")
         model_file = self.folder / (genai.get("decoder", {}).get("filename") or "model.onnx")
@@ -183,7 +184,7 @@ class OnnxChatModel:
         self.add_bos = bool(manifest.get("add_bos_token", tok_config.get("add_bos_token", False)))
         self.bos_token_id = self.tokenizer.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_ids = self._eos_ids(manifest, genai, hf_config)
-        self._describe_graph(genai, hf_config)
+        self._describe_graph(manifest, genai, hf_config)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -251,10 +252,9 @@ class OnnxChatModel:
 
     def next_token_logits(self, token_ids: list[int]) -> Iterator[np.ndarray]:
         """Logits after each token of `token_ids`, fed one at a time through the cache (for checks)."""
-        cache = self._empty_cache()
-        for position, token in enumerate(token_ids):
-            logits, cache = self._step([token], position, cache)
-            yield logits
+        cache = self.new_cache(len(token_ids))
+        for token in token_ids:
+            yield cache.step([token])
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -275,17 +275,14 @@ class OnnxChatModel:
         pending = ""  # decoded text not yet emitted (it may be the start of a stop sequence)
         generated = 0
         finish = "length"
-        cache = self._empty_cache()
+        cache = self.new_cache(len(prompt_ids) + budget)
         # The prompt goes in by chunks: a cancel is seen between them, and the attention
         # scores of one chunk (chunk × context) stay small even for a full context window.
-        position = 0
         logits: np.ndarray | None = None
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             if cancel is not None and cancel.is_set():
                 break
-            chunk = prompt_ids[start : start + PREFILL_CHUNK]
-            logits, cache = self._step(chunk, position, cache)
-            position += len(chunk)
+            logits = cache.step(prompt_ids[start : start + PREFILL_CHUNK])
         while True:
             if logits is None or (cancel is not None and cancel.is_set()):
                 finish = "cancelled"
@@ -308,8 +305,7 @@ class OnnxChatModel:
             if generated >= budget:
                 finish = "length"
                 break
-            logits, cache = self._step([token], position, cache)
-            position += 1
+            logits = cache.step([token])
         usage = {
             "prompt_tokens": len(prompt_ids),
             "completion_tokens": generated,
@@ -317,44 +313,15 @@ class OnnxChatModel:
         }
         yield Delta(pending, finish_reason=finish, usage=usage)
 
-    def _step(
-        self, tokens: list[int], position: int, cache: dict[str, Any]
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """One forward pass. The cache stays in onnxruntime's own buffers (OrtValue) between
-        steps: handing it back and forth as numpy would copy every layer's keys and values."""
-        import onnxruntime as ort
+    def new_cache(self, capacity: int) -> KVCache:
+        """The state of one generation of at most `capacity` tokens (prompt included)."""
+        if self._shared_kv:
+            return SharedKVCache(self, min(capacity, self.context_window))
+        return ConcatKVCache(self)
 
-        total = position + len(tokens)
-        binding = self.session.io_binding()
-        kinds = self._index_dtypes
-        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=kinds["input_ids"]))
-        if "attention_mask" in kinds:
-            binding.bind_cpu_input(
-                "attention_mask", np.ones((1, total), dtype=kinds["attention_mask"])
-            )
-        if "position_ids" in kinds:
-            binding.bind_cpu_input(
-                "position_ids", np.arange(position, total, dtype=kinds["position_ids"])[None]
-            )
-        for name, value in cache.items():
-            if isinstance(value, np.ndarray):
-                value = ort.OrtValue.ortvalue_from_numpy(value)
-            binding.bind_ortvalue_input(name, value)
-        for name in self._output_names:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        logits = outputs[0].numpy()[0, -1]
-        cache = dict(zip(self._past_names, outputs[1:], strict=True))
-        return logits.astype(np.float32, copy=False), cache
-
-    def _empty_cache(self) -> dict[str, Any]:
-        return {
-            name: np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_dtype)
-            for name in self._past_names
-        }
-
-    def _describe_graph(self, genai: dict[str, Any], hf_config: dict[str, Any]) -> None:
+    def _describe_graph(
+        self, manifest: dict[str, Any], genai: dict[str, Any], hf_config: dict[str, Any]
+    ) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if "input_ids" not in inputs or "logits" not in outputs:
@@ -407,6 +374,16 @@ class OnnxChatModel:
         if not heads or not head_dim:
             raise ModelFolderError(f"{self.folder}: cannot tell the KV cache shape from the graph")
         self._kv_heads, self._head_dim = int(heads), int(head_dim)
+        logits_shape = next(o.shape for o in self.session.get_outputs() if o.name == "logits")
+        # Graphs giving the last position's logits only have an output buffer reused every step.
+        last_only = logits_shape[1] == 1 and isinstance(logits_shape[2], int)
+        self._logits_size = int(logits_shape[2]) if last_only else None
+        # A shared buffer needs a graph that writes each step's keys and values in place, at the
+        # position the mask gives (GroupQueryAttention): the folder says so.
+        self._shared_kv = bool(
+            manifest.get("kv_cache") == "shared"
+            or genai.get("search", {}).get("past_present_share_buffer", False)
+        )
 
     def _eos_ids(
         self, manifest: dict[str, Any], genai: dict[str, Any], hf_config: dict[str, Any]
@@ -440,3 +417,98 @@ def _token_text(token: Any) -> str | None:
 def _read_template(folder: Path) -> str | None:
     path = folder / "chat_template.jinja"
     return path.read_text() if path.is_file() else None
+
+
+class KVCache:
+    """The key/value cache of one generation, and the forward pass that extends it."""
+
+    def __init__(self, model: OnnxChatModel) -> None:
+        self.model = model
+        self.length = 0  # tokens seen so far
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        """Run `tokens` (the next ones) through the model; the logits after the last of them."""
+        raise NotImplementedError
+
+    def _bind_inputs(self, binding: Any, tokens: list[int]) -> None:
+        kinds = self.model._index_dtypes
+        total = self.length + len(tokens)
+        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=kinds["input_ids"]))
+        if "attention_mask" in kinds:
+            binding.bind_cpu_input(
+                "attention_mask", np.ones((1, total), dtype=kinds["attention_mask"])
+            )
+        if "position_ids" in kinds:
+            binding.bind_cpu_input(
+                "position_ids", np.arange(self.length, total, dtype=kinds["position_ids"])[None]
+            )
+
+
+class SharedKVCache(KVCache):
+    """One buffer per layer and kind, allocated once for the whole generation and bound as both
+    past and present: the graph writes each step's keys and values in place (onnxruntime-genai's
+    `past_present_share_buffer`). Nothing is copied between steps, and memory stays at the size
+    of the cache itself, even for a long prompt."""
+
+    def __init__(self, model: OnnxChatModel, capacity: int) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model)
+        self.capacity = capacity
+        self.binding = model.session.io_binding()
+        shape = [1, model._kv_heads, capacity, model._head_dim]
+        self.buffers = []
+        for past, present in zip(model._past_names, model._output_names[1:], strict=True):
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, model._kv_dtype)
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
+            self.buffers.append(buffer)
+        self.logits: Any = None
+        if model._logits_size:
+            self.logits = ort.OrtValue.ortvalue_from_shape_and_type(
+                [1, 1, model._logits_size], np.float32
+            )
+            self.binding.bind_ortvalue_output("logits", self.logits)
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        if self.length + len(tokens) > self.capacity:
+            raise ContextWindowExceeded(
+                f"the cache holds {self.capacity} tokens; {self.length + len(tokens)} requested"
+            )
+        self._bind_inputs(self.binding, tokens)
+        if self.logits is None:  # logits of every position: a new output each step
+            self.binding.bind_output("logits", "cpu")
+        self.model.session.run_with_iobinding(self.binding)
+        self.length += len(tokens)
+        logits = self.logits if self.logits is not None else self.binding.get_outputs()[0]
+        # numpy() is a view of onnxruntime's buffer, which the next step overwrites.
+        return logits.numpy()[0, -1].astype(np.float32)
+
+
+class ConcatKVCache(KVCache):
+    """The common layout: the graph returns past + new as `present`, which becomes the next
+    step's past. The cache stays in onnxruntime's own buffers (OrtValue) between steps: handing
+    it back and forth as numpy would copy every layer's keys and values once more."""
+
+    def __init__(self, model: OnnxChatModel) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model)
+        empty = np.zeros((1, model._kv_heads, 0, model._head_dim), dtype=model._kv_dtype)
+        self.values = {
+            name: ort.OrtValue.ortvalue_from_numpy(empty.copy()) for name in model._past_names
+        }
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        model = self.model
+        binding = model.session.io_binding()
+        self._bind_inputs(binding, tokens)
+        for name, value in self.values.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in model._output_names:
+            binding.bind_output(name, "cpu")
+        model.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        self.values = dict(zip(model._past_names, outputs[1:], strict=True))
+        self.length += len(tokens)
+        return outputs[0].numpy()[0, -1].astype(np.float32, copy=False)
