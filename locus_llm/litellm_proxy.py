@@ -4,8 +4,8 @@ The proxy keeps doing what it does (keys, teams, rate limits, logging, the HTTP 
 decides, per request, which of its deployments may take the request and which should.
 
 The mapping: each locus of the locus config is one `model_name` of the proxy's `model_list`,
-with the same name. Clients ask for the routing alias `locus` (locus chooses among the loci the
-policy allows) or for a locus by name (pinned: served only if the policy allows that locus for
+with the same name. Clients ask for the routing alias `auto` (locus chooses among the loci the
+policy allows, as with `locus serve --config`) or for a locus by name (pinned: served only if the policy allows that locus for
 this request). Any other model name is refused: a proxy that routes through locus sends every
 chat request through its policy. `locus deploy litellm-config` writes a `model_list` from the
 locus config so the two cannot drift.
@@ -30,9 +30,16 @@ loci with the same redaction need as the first, so an unredacted request never f
 zone that needed redaction. When the policy allows no locus the proxy answers 403 with an OpenAI
 error body naming the policy revision and the reasons; nothing is sent anywhere.
 
-Routing context: the tenant is the key's team (else the body's `metadata.locus.tenant`, else
-"default"), the user the key's user; other fields (interactive, latency_budget_ms, max_cost_usd,
-data_label) come from the body's `metadata: {"locus": {...}}`.
+Tenant budgets (`budgets` in the locus config, spend in the state backend): the hook reserves the
+predicted cost of the chosen locus before the call (a locus the budget cannot pay for is skipped,
+none left is a 403) and charges the answer's cost at the locus's configured prices when the proxy
+logs it. The proxy's outcomes also feed the router's circuit breakers and measured profiles, so
+selection in the proxy sees what the gateway and embedded routers see (with `state: redis://…`).
+
+Routing context: the tenant is the key's team (else the body's `tenant`, else "default"), the user
+the key's user; the fields (tenant, user, app, interactive, latency_budget_ms, max_cost_usd,
+data_label) come from a body `locus` object (`extra_body={"locus": {...}}`, as for the gateway;
+removed before the request goes on) or from `metadata: {"locus": {...}}`.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from locus_llm.state import BudgetGuard
 
 log = logging.getLogger("locus.litellm_proxy")
 
-ROUTING_ALIAS = "locus"
+ROUTING_ALIAS = "auto"  # as `locus serve --config`: the same client code works against both
 CHAT_CALLS = frozenset({"completion", "acompletion"})
 MAX_IN_FLIGHT = 10_000  # redaction mappings and budget reservations kept per request
 
@@ -189,7 +196,8 @@ class LocusProxyHook(CustomLogger):
     def _context(self, data: dict, key: Any) -> dict[str, Any]:
         """The routing context: the caller's `metadata.locus`, with identity from the key."""
         metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-        asked = metadata.get("locus") or {}
+        # a body `locus` object (as the gateway takes it) must not travel on to the deployment
+        asked = data.pop("locus", None) or metadata.get("locus") or {}
         if not isinstance(asked, dict):
             raise refusal(
                 400,

@@ -165,7 +165,7 @@ def loopback(proxy: Proxy, fault_server: FaultServer) -> FaultServer:
     return fault_server
 
 
-def ask(proxy: Proxy, prompt: str, *, model: str = "locus", **params: object):
+def ask(proxy: Proxy, prompt: str, *, model: str = "auto", **params: object):
     raw = proxy.client().chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": prompt}], **params
     )
@@ -226,7 +226,7 @@ def test_redaction_obligation_pseudonymises_for_the_cloud_and_restores_the_answe
     assert ABN not in sent and "<AU_ABN_1>" in sent
     assert answer.choices[0].message.content == prompt  # the echo, restored
     stream = proxy.client().chat.completions.create(
-        model="locus", messages=[{"role": "user", "content": prompt}], stream=True
+        model="auto", messages=[{"role": "user", "content": prompt}], stream=True
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == prompt
@@ -249,7 +249,7 @@ def test_a_model_that_is_not_a_locus_is_refused(proxy: Proxy, loopback: FaultSer
 def test_tenant_budget_is_charged_per_answer_and_enforced(proxy: Proxy, loopback: FaultServer):
     """Each answer is charged at the locus's prices; once the next call cannot be paid for,
     the proxy refuses it with 403 before anything is sent."""
-    small = {"metadata": {"locus": {"tenant": "small"}}}
+    small = {"locus": {"tenant": "small"}}  # the body object, as the gateway takes it
     served = 0
     with pytest.raises(openai.PermissionDeniedError) as denied:
         for _ in range(20):
@@ -263,6 +263,7 @@ def test_tenant_budget_is_charged_per_answer_and_enforced(proxy: Proxy, loopback
         "locus_budget_denied",  # the reservation failed (calls in flight elsewhere)
     )
     assert len(loopback.requests) == served  # the refused call reached no deployment
+    assert all("locus" not in r["body"] for r in loopback.requests)  # not passed on
     # the default tenant has no budget: unaffected
     headers, _ = ask(proxy, "Write a haiku about autumn leaves.", max_tokens=5)
     assert headers["x-litellm-model-group"] == "cloud-mini"
@@ -287,7 +288,7 @@ def pre_call(
 
 def test_the_key_team_is_the_tenant_whatever_the_body_claims(hook: LocusProxyHook):
     data = {
-        "model": "locus",
+        "model": "auto",
         "messages": [{"role": "user", "content": "Write a haiku."}],
         "metadata": {"locus": {"tenant": "small", "interactive": True}},
     }
@@ -310,11 +311,11 @@ def test_malformed_routing_fields_and_other_calls_are_refused_clearly(hook: Locu
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(HTTPException) as bad:
         pre_call(
-            hook, {"model": "locus", "messages": messages, "metadata": {"locus": {"tennant": "x"}}}
+            hook, {"model": "auto", "messages": messages, "metadata": {"locus": {"tennant": "x"}}}
         )
     assert bad.value.status_code == 400 and "tennant" in bad.value.detail["error"]
     with pytest.raises(HTTPException) as embedding:
-        pre_call(hook, {"model": "locus", "input": ["hi"]}, call_type="aembedding")
+        pre_call(hook, {"model": "auto", "input": ["hi"]}, call_type="aembedding")
     assert embedding.value.status_code == 400
     assert "chat completions only" in embedding.value.detail["error"]
     untouched = {"model": "text-embedding-3-small", "input": ["hi"]}
@@ -323,7 +324,7 @@ def test_malformed_routing_fields_and_other_calls_are_refused_clearly(hook: Locu
 
 def test_a_single_locus_plan_disables_the_proxys_own_fallbacks(hook: LocusProxyHook):
     routed = pre_call(
-        hook, {"model": "locus", "messages": [{"role": "user", "content": f"My TFN is {TFN}."}]}
+        hook, {"model": "auto", "messages": [{"role": "user", "content": f"My TFN is {TFN}."}]}
     )
     assert routed["model"] == "onprem"
     assert routed["disable_fallbacks"] is True and "fallbacks" not in routed
