@@ -238,21 +238,45 @@ def test_onnx_ner_finds_people_places_and_organisations(detector: SensitivityDet
     assert detector.data_class(detector.detect(text)) is DataClass.INTERNAL
 
 
-def test_ner_covers_long_texts_beyond_one_window(detector: SensitivityDetector) -> None:
+def test_ner_covers_long_texts_beyond_one_chunk(detector: SensitivityDetector) -> None:
     sentences = [
         "The committee reviewed the quarterly figures.",
         "Several projects were delayed by supply issues.",
         "Costs remained within the approved budget.",
         "A new reporting template will be used next year.",
     ]
-    filler = " ".join(sentences * 30) + " "
+    filler = " ".join(sentences * 80) + " "
     text = filler + "Please send the report to Daniel Okafor in Perth. " + filler
     name = text.index("Daniel Okafor")
     hits = [e for e in detector.detect(text) if e.start <= name < e.end]
     # the model may call him a person or (wrongly) a place: either way he is found, deep in
-    # the text, far beyond the first 128-piece window
+    # the text, in a later chunk than the first
     assert hits and hits[0].type in {"PERSON", "LOCATION", "ORGANIZATION"}, hits
-    assert name > 5000
+    assert name > 12_000
+
+
+def test_chunked_ner_equals_one_run_over_the_whole_text() -> None:
+    """A long text runs as overlapping chunks; every piece must get what one run over the
+    whole text would give it (the overlap covers the model's receptive field)."""
+    import numpy as np
+
+    from locus_llm.analysis.ner import CHUNK, case_ids_for, shared_ner
+
+    ner = shared_ner()
+    assert ner.convolutional
+    rng = random.Random(3)
+    words = ["Alice", "met", "Bob", "in", "Paris", "on", "Monday", "about", "the", "Acme", "deal"]
+    text = " ".join(rng.choice(words) for _ in range(3 * CHUNK))
+    encoding = ner._tokenizer.encode(text, add_special_tokens=False)
+    ids, cases = encoding.ids, case_ids_for(text, encoding.offsets)
+    assert len(ids) > 2 * CHUNK
+    chunked = ner._chunked_probabilities(ids, cases)
+    (whole,) = ner._session.run(
+        None,
+        {"input_ids": np.asarray([ids], dtype=np.int64), "case_ids": np.asarray([cases])},
+    )
+    assert chunked.shape == whole[0].shape
+    assert np.abs(chunked - whole[0]).max() < 1e-4
 
 
 def test_plain_prose_is_public(detector: SensitivityDetector) -> None:

@@ -1,9 +1,15 @@
 """Names, places and organisations without downloads: our own ONNX token classifier.
 
-The model (locus_llm/models/ner/) is the first layers of all-MiniLM-L6-v2 fine-tuned as a BIO
-tagger on presidio-research synthetic sentences, int8-quantised (see ner_train.py and
-MODEL_CARD.md). The encoder's vocabulary is uncased, so the word's shape (Capitalised, ALL CAPS,
-digits …) is fed beside each word piece: capitalisation is the strongest cue for a name.
+The model (locus_llm/models/ner/, see ner_train.py and MODEL_CARD.md) reads each word piece
+through a token table distilled from all-MiniLM-L6-v2 (one contextual vector per vocabulary
+entry, computed once at training time), adds the word's shape, and tags BIO labels with a few
+dilated convolutions: no transformer runs per request, so the cost is a table lookup plus about
+0.3 M multiply-adds per piece, linear in the text's length. The encoder's vocabulary is uncased,
+so the word's shape (Capitalised, ALL CAPS, digits …) is fed beside each piece: capitalisation
+is the strongest cue for a name.
+
+An older model directory (a truncated transformer with `attention_mask`, labels.json without
+"architecture") still loads and runs in overlapping 128-piece windows.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import functools
 import json
 import re
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +27,10 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "ner"
 CASE_VOCAB = 6  # 0 special, 1 lower, 2 Capitalised, 3 UPPER, 4 has digits, 5 other
-WINDOW = 128  # word pieces per inference window, [CLS]/[SEP] included
+WINDOW = 128  # transformer models: word pieces per window, [CLS]/[SEP] included
 STRIDE = 96  # windows overlap by WINDOW - 2 - STRIDE pieces so no entity loses its context
 BATCH = 16
+CHUNK = 2048  # convolutional models: pieces per run; a longer text runs as a batch of chunks
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -63,42 +71,47 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 _NAME_BREAK = re.compile(r"\n|[\"“”«»]")
 _WORD = re.compile(r"\S+")
+_POSSESSIVE = re.compile(r"['’]s\b")
 
 
-# Titles are not part of the name (presidio-research labels them apart); words that start a
-# chat turn are not names.
+# Titles are not part of the name (presidio-research labels them apart); greetings and words
+# that start a chat turn are not names.
 _HONORIFICS = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "dame", "rev", "lord"}
-_NOT_NAMES = {
-    "bot",
-    "user",
-    "assistant",
-    "sir",
-    "madam",
-    "dear",
-    "hi",
-    "hello",
-    "thanks",
-    "customer",
-}
+_GREETINGS = {"hi", "hello", "hey", "dear", "thanks", "greetings"}
+_NOT_NAMES = {"bot", "user", "assistant", "sir", "madam", "customer", *_GREETINGS}
 
 
 def _lower_word(word: str) -> bool:
     return word.isalpha() and word.islower()
 
 
+def _has_symbol(word: str) -> bool:
+    """A currency sign, arrow, box-drawing … (Unicode category S): never part of a name."""
+    return any(unicodedata.category(c).startswith("S") for c in word)
+
+
 def tidy(
     text: str, span: tuple[str, int, int, float], mixed_case: bool
 ) -> list[tuple[str, int, int, float]]:
-    """Cut a name or organisation where no name continues: at a line break or a quote, and
-    before trailing lower-case words ("Charlotte Mathiassen | as a beneficiary"). In text that
-    uses capitals at all, a name with no capital letter is dropped. Addresses are left whole:
-    they do run over lines. Honorifics are cut from the front of a name."""
+    """Cut a name, place or organisation to the words that belong to it. Names and
+    organisations end at a line break or a quote, and a person's name at a possessive
+    ("Yuri Bulgakov's Cautionary Tales"); honorifics and greetings ("Hi Freddy") are cut from
+    its front, and words with symbols from either end. In text that uses capitals at all,
+    lower-case words at the edges of a name or place are not part of it ("north side of Rua
+    Diadema 1903"), and a name with no capital letter is dropped. Addresses may run over lines:
+    they are only trimmed."""
     etype, start, end, score = span
-    if etype not in ("PERSON", "ORGANIZATION", "NRP"):
+    if etype not in ("PERSON", "ORGANIZATION", "NRP", "LOCATION"):
         return [span]
     pieces = []
     cut = start
-    for match in _NAME_BREAK.finditer(text, start, end):
+    breaks = [] if etype == "LOCATION" else list(_NAME_BREAK.finditer(text, start, end))
+    if etype == "PERSON":
+        possessive = _POSSESSIVE.search(text, start, end)
+        if possessive:
+            end = possessive.start()
+            breaks = [m for m in breaks if m.start() < end]
+    for match in breaks:
         pieces.append((cut, match.start()))
         cut = match.end()
     pieces.append((cut, end))
@@ -106,19 +119,24 @@ def tidy(
     for a, b in pieces:
         words = [m for m in _WORD.finditer(text, a, b)]
         if etype == "PERSON":
-            while words and words[0].group().lower().rstrip(".") in _HONORIFICS:
+            while words and words[0].group().lower().rstrip(".,") in _HONORIFICS | _GREETINGS:
                 words.pop(0)
-            if mixed_case:
-                while words and _lower_word(words[-1].group()):
-                    words.pop()
-                while words and _lower_word(words[0].group()):
-                    words.pop(0)
-            if len(words) == 1 and words[0].group().lower() in _NOT_NAMES:
-                continue
+        if etype != "NRP":
+            while words and _has_symbol(words[-1].group()):
+                words.pop()
+            while words and _has_symbol(words[0].group()):
+                words.pop(0)
+        if mixed_case and etype in ("PERSON", "LOCATION"):
+            while words and _lower_word(words[-1].group()):
+                words.pop()
+            while words and _lower_word(words[0].group()):
+                words.pop(0)
+        if etype == "PERSON" and len(words) == 1 and words[0].group().lower() in _NOT_NAMES:
+            continue
         if not words:
             continue
         a, b = words[0].start(), words[-1].end()
-        if mixed_case and etype != "NRP" and text[a:b] == text[a:b].lower():
+        if mixed_case and etype in ("PERSON", "ORGANIZATION") and text[a:b] == text[a:b].lower():
             continue
         out.append((etype, a, b, score))
     return out
@@ -139,6 +157,9 @@ class OnnxNer:
             )
         meta = json.loads((model_dir / "labels.json").read_text())
         self.labels: list[str] = meta["labels"]
+        self.convolutional = meta.get("architecture") == "conv"
+        # pieces each side whose outputs a chunk edge can change: chunks overlap by twice this
+        self._margin = 2 * int(meta.get("receptive_field", 8))
         self.types = sorted({label[2:] for label in self.labels if label != "O"})
         self._b = {t: self.labels.index(f"B-{t}") for t in self.types}
         self._i = {t: self.labels.index(f"I-{t}") for t in self.types}
@@ -165,13 +186,44 @@ class OnnxNer:
         offsets = encoding.offsets
         words = encoding.word_ids
         cases = case_ids_for(text, offsets)
-        probs = self._piece_probabilities(ids, cases)
+        if self.convolutional:
+            probs = self._chunked_probabilities(ids, cases)
+        else:
+            probs = self._piece_probabilities(ids, cases)
         mixed_case = text != text.lower()
         return [
             piece
             for span in self._spans(probs, offsets, words)
             for piece in tidy(text, span, mixed_case)
         ]
+
+    def _chunked_probabilities(self, ids: list[int], cases: list[int]) -> np.ndarray:
+        """Label probabilities per piece from the convolutional model: the whole text in one run
+        up to CHUNK pieces; beyond, equal chunks overlapping by two margins, all in one batched
+        run, each piece taken from the chunk where it lies furthest from an edge."""
+        n = len(ids)
+        ids_row = np.asarray(ids, dtype=np.int64)
+        cases_row = np.asarray(cases, dtype=np.int64)
+        if n <= CHUNK:
+            (probs,) = self._session.run(
+                None, {"input_ids": ids_row[None, :], "case_ids": cases_row[None, :]}
+            )
+            return probs[0]
+        step = CHUNK - 2 * self._margin
+        starts = list(range(0, n - CHUNK, step)) + [n - CHUNK]
+        out = np.empty((n, len(self.labels)), dtype=np.float32)
+        for i in range(0, len(starts), BATCH):
+            group = starts[i : i + BATCH]
+            feed = {
+                "input_ids": np.stack([ids_row[s : s + CHUNK] for s in group]),
+                "case_ids": np.stack([cases_row[s : s + CHUNK] for s in group]),
+            }
+            (probs,) = self._session.run(None, feed)
+            for row, s in enumerate(group):
+                lo = 0 if s == 0 else self._margin
+                hi = CHUNK if s + CHUNK >= n else CHUNK - self._margin
+                out[s + lo : s + hi] = probs[row, lo:hi]
+        return out
 
     def _piece_probabilities(self, ids: list[int], cases: list[int]) -> np.ndarray:
         """Label probabilities per piece, averaged over the overlapping windows that saw it."""

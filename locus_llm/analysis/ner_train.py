@@ -140,22 +140,26 @@ def augment(samples: list[Sample], copies: int, seed: int = 0) -> list[Sample]:
     return out
 
 
-def encode(tokenizer: Any, samples: list[Sample]) -> list[tuple[list[int], list[int], list[int]]]:
-    """(input_ids, case_ids, label_ids) per sample; labels by character overlap with the spans."""
+def encode(
+    tokenizer: Any, samples: list[Sample], specials: bool = True
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """(input_ids, case_ids, label_ids) per sample; labels by character overlap with the spans.
+    With `specials` ([CLS]/[SEP], for the transformer) sequences are cut at MAX_TOKENS; the
+    convolutional tagger reads bare pieces of any length, as at run time."""
     from locus_llm.analysis.ner import case_ids_for
 
     encoded = []
     index = {label: i for i, label in enumerate(LABELS)}
     for s in samples:
-        enc = tokenizer.encode(s.text)
+        enc = tokenizer.encode(s.text, add_special_tokens=specials)
         ids, offsets = list(enc.ids), list(enc.offsets)
-        if len(ids) > MAX_TOKENS:  # keep [SEP] last
+        if specials and len(ids) > MAX_TOKENS:  # keep [SEP] last
             ids, offsets = ids[: MAX_TOKENS - 1] + ids[-1:], offsets[: MAX_TOKENS - 1] + [(0, 0)]
         cases = case_ids_for(s.text, offsets)
         labels = []
         previous = None
         for j, (a, b) in enumerate(offsets):
-            if a == b or j == 0:
+            if a == b or (specials and j == 0):
                 labels.append(-100)  # special tokens: no loss
                 previous = None
                 continue
@@ -198,6 +202,64 @@ def build_model(layers: int) -> Any:
             return self.head(self.dropout(out))
 
     return Tagger()
+
+
+def token_table(batch: int = 1024) -> Any:
+    """One contextual vector per vocabulary entry: the full 6-layer encoder's output for the piece
+    alone ([CLS] piece [SEP]), next to its input embedding. Computed once before training (about a
+    minute on 2 cores); at run time the tagger only looks rows up, so no transformer runs."""
+    import torch
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(encoder_path(), attn_implementation="eager").eval()
+    vocab = bert.config.vocab_size
+    rows = []
+    with torch.no_grad():
+        for start in range(0, vocab, batch):
+            ids = torch.arange(start, min(start + batch, vocab))
+            seq = torch.stack([torch.full_like(ids, 101), ids, torch.full_like(ids, 102)], dim=1)
+            hidden = bert(input_ids=seq).last_hidden_state[:, 1]
+            rows.append(torch.cat([hidden, bert.embeddings.word_embeddings(ids)], dim=1))
+    return torch.cat(rows)
+
+
+def build_conv_model(table: Any, width: int, dilations: tuple[int, ...]) -> Any:
+    """The shipped tagger: a frozen token table projected to `width`, plus a learned word-shape
+    embedding, then residual dilated convolutions (kernel 3) and a linear BIO head. Receptive
+    field ±sum(dilations) pieces; linear in the text's length, with no attention."""
+    import torch
+
+    from locus_llm.analysis.ner import CASE_VOCAB
+
+    class ConvTagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("table", table.float(), persistent=False)
+            self.proj = torch.nn.Linear(table.shape[1], width)
+            self.case = torch.nn.Embedding(CASE_VOCAB, width)
+            self.convs = torch.nn.ModuleList(
+                torch.nn.Conv1d(width, width, 3, dilation=d, padding=d) for d in dilations
+            )
+            self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(width) for _ in dilations)
+            self.dropout = torch.nn.Dropout(0.15)
+            self.head = torch.nn.Linear(width, len(LABELS))
+
+        def embed(self, input_ids: Any, case_ids: Any) -> Any:
+            return self.proj(self.table[input_ids]) + self.case(case_ids)
+
+        def forward(self, input_ids: Any, case_ids: Any, mask: Any | None = None) -> Any:
+            return self.tag(self.embed(input_ids, case_ids), mask)
+
+        def tag(self, x: Any, mask: Any | None = None) -> Any:
+            keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)
+            for conv, norm in zip(self.convs, self.norms, strict=True):
+                if keep is not None:  # padding reads as zeros, as at the text's edges
+                    x = x * keep
+                y = conv(self.dropout(x).transpose(1, 2)).transpose(1, 2)
+                x = norm(x + torch.nn.functional.gelu(y))
+            return self.head(self.dropout(x))
+
+    return ConvTagger()
 
 
 def encoder_path() -> Path:
@@ -316,7 +378,7 @@ def export(model: Any, tokenizer: Any, out_dir: Path, layers: int) -> None:
     )
 
 
-def store_embeddings_fp16(path: Path) -> None:
+def store_embeddings_fp16(path: Path, name: str = "word_embeddings") -> None:
     """Keep the word-embedding table (most of the file) in fp16 on disk, cast back to fp32 when
     the session loads (ORT folds the Cast once): half the size, same speed, same outputs to
     within fp16 rounding of the inputs."""
@@ -327,7 +389,7 @@ def store_embeddings_fp16(path: Path) -> None:
     model = onnx.load(str(path))
     graph = model.graph
     for init in list(graph.initializer):
-        if "word_embeddings" not in init.name or init.data_type != onnx.TensorProto.FLOAT:
+        if name not in init.name or init.data_type != onnx.TensorProto.FLOAT:
             continue
         half = numpy_helper.from_array(
             numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16"
@@ -340,14 +402,210 @@ def store_embeddings_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def train_conv(
+    epochs: int,
+    copies: int,
+    out_dir: Path,
+    width: int = 192,
+    dilations: tuple[int, ...] = (1, 2, 4, 1),
+    seed: int = 0,
+    table_cache: Path | None = None,
+) -> None:
+    """Train the convolutional tagger over the precomputed token table (see build_conv_model)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    # one thread: on a shared 2-core machine more threads only contend (measured: 3x slower)
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    started = time.time()
+    if table_cache is not None and table_cache.exists():
+        table = torch.load(table_cache)
+    else:
+        table = token_table()
+        if table_cache is not None:
+            torch.save(table, table_cache)
+    print(f"token table {tuple(table.shape)} in {time.time() - started:.0f}s", flush=True)
+    tokenizer = Tokenizer.from_file(str(encoder_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    train_samples, _ = split_by_template()
+    data = encode(tokenizer, augment(train_samples, copies, seed), specials=False)
+    print(f"train sentences {len(train_samples)} (+aug → {len(data)})", flush=True)
+    model = build_conv_model(table, width, dilations)
+    steps = epochs * ((len(data) + 31) // 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    unk = tokenizer.token_to_id("[UNK]")
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        chunks = batches(data, 32, rng)
+        for batch in chunks:
+            ids, cases, mask, labels = tensors(batch)
+            # word-piece dropout: an unseen name must be found from its shape and context
+            drop = (torch.rand(ids.shape) < 0.08) & (mask == 1)
+            ids = torch.where(drop, torch.full_like(ids, unk), ids)
+            logits = model(ids, cases, mask)
+            loss = loss_fn(logits.reshape(-1, len(LABELS)), labels.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        print(
+            f"epoch {epoch} loss {total / len(chunks):.4f} {time.time() - started:.0f}s", flush=True
+        )
+    export_conv(model, out_dir, width, dilations)
+    print(f"trained in {time.time() - started:.0f}s → {out_dir}")
+
+
+def export_conv(model: Any, out_dir: Path, width: int, dilations: tuple[int, ...]) -> None:
+    """Write the trained tagger as ONNX (see conv_graph), its tokenizer and labels."""
+    import torch
+
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        weights = {
+            "table": model.proj(model.table).numpy(),  # the projection folded into the table
+            "case": model.case.weight.numpy(),
+            "head_w": model.head.weight.numpy().T,
+            "head_b": model.head.bias.numpy(),
+        }
+        for k, (conv, norm) in enumerate(zip(model.convs, model.norms, strict=True)):
+            weights[f"conv{k}_w"] = conv.weight.numpy()
+            weights[f"conv{k}_b"] = conv.bias.numpy()
+            weights[f"norm{k}_g"] = norm.weight.numpy()
+            weights[f"norm{k}_b"] = norm.bias.numpy()
+    write_conv_model(weights, dilations, out_dir / "model.onnx")
+    shutil.copy(encoder_path() / "tokenizer.json", out_dir / "tokenizer.json")
+    (out_dir / "labels.json").write_text(
+        json.dumps(
+            {
+                "labels": LABELS,
+                "architecture": "conv",
+                "width": width,
+                "dilations": list(dilations),
+                "receptive_field": sum(dilations),
+            },
+            indent=1,
+        )
+    )
+
+
+def conv_graph(weights: dict[str, Any], dilations: tuple[int, ...]) -> Any:
+    """The tagger as a plain ONNX graph (opset 17), built from numpy weights: each dilated
+    convolution is one MatMul over the piece and its two neighbours at distance d, concatenated
+    ([x(t-d), x(t), x(t+d)] · W, zeros beyond the text's ends, as Conv1d pads), so the layout
+    stays [batch, pieces, channels] and every multiply is a GEMM onnxruntime can run in int8.
+    Output: label probabilities [batch, pieces, labels]."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def init(name: str, array: Any) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    table = node("Gather", [init("table", weights["table"].astype(np.float32)), "input_ids"], "t")
+    case = node("Gather", [init("case", weights["case"].astype(np.float32)), "case_ids"], "c")
+    x = node("Add", [table, case], "x0")
+    axis1 = init("axis1", np.array([1], dtype=np.int64))
+    for k, d in enumerate(dilations):
+        w = weights[f"conv{k}_w"]  # [out, in, 3]: tap 0 reads t-d, tap 1 t, tap 2 t+d
+        stacked_w = np.concatenate([w[:, :, 0].T, w[:, :, 1].T, w[:, :, 2].T], axis=0)
+        pads = init(f"pads{k}", np.array([0, d, 0, 0, d, 0], dtype=np.int64))
+        padded = node("Pad", [x, pads], f"padded{k}")
+        before = node(
+            "Slice",
+            [padded, init(f"zero{k}", np.array([0])), init(f"neg{k}", np.array([-2 * d])), axis1],
+            f"before{k}",
+        )
+        after = node(
+            "Slice",
+            [padded, init(f"two{k}", np.array([2 * d])), init(f"max{k}", np.array([2**62])), axis1],
+            f"after{k}",
+        )
+        joined = node("Concat", [before, x, after], f"joined{k}", axis=2)
+        y = node("MatMul", [joined, init(f"conv{k}_w", stacked_w.astype(np.float32))], f"mm{k}")
+        y = node("Add", [y, init(f"conv{k}_b", weights[f"conv{k}_b"].astype(np.float32))], f"y{k}")
+        # exact GELU, 0.5·y·(1 + erf(y/√2)): onnxruntime fuses it into one Gelu kernel
+        scaled = node("Mul", [y, init(f"rsqrt2_{k}", np.float32(2**-0.5))], f"ys{k}")
+        erf = node("Erf", [scaled], f"erf{k}")
+        one = node("Add", [erf, init(f"one{k}", np.float32(1.0))], f"erf1_{k}")
+        half = node("Mul", [y, init(f"half{k}", np.float32(0.5))], f"yh{k}")
+        gelu = node("Mul", [half, one], f"gelu{k}")
+        summed = node("Add", [x, gelu], f"res{k}")
+        x = node(
+            "LayerNormalization",
+            [
+                summed,
+                init(f"norm{k}_g", weights[f"norm{k}_g"]),
+                init(f"norm{k}_b", weights[f"norm{k}_b"]),
+            ],
+            f"x{k + 1}",
+            axis=-1,
+            epsilon=1e-5,
+        )
+    logits = node("MatMul", [x, init("head_w", weights["head_w"].astype(np.float32))], "hm")
+    logits = node("Add", [logits, init("head_b", weights["head_b"].astype(np.float32))], "logits")
+    nodes.append(helper.make_node("Softmax", [logits], ["probs"], name="probs", axis=-1))
+    graph = helper.make_graph(
+        nodes,
+        "locus_ner",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "pieces"]),
+            helper.make_tensor_value_info("case_ids", TensorProto.INT64, ["batch", "pieces"]),
+        ],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", "pieces", None])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_conv_model(weights: dict[str, Any], dilations: tuple[int, ...], path: Path) -> None:
+    """conv_graph, its MatMul weights quantised to int8 (dynamic: activations quantised per
+    call) and the table stored in fp16 (cast once at load)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_suffix(".fp32.onnx")
+    onnx.save(conv_graph(weights, dilations), str(fp32))
+    quantize_dynamic(
+        str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+    )
+    fp32.unlink()
+    store_embeddings_fp16(path, "table")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--copies", type=int, default=2, help="augmented copies per sentence")
+    parser.add_argument("--arch", choices=("conv", "transformer"), default="conv")
+    parser.add_argument("--layers", type=int, default=1, help="transformer layers")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--copies", type=int, default=3, help="augmented copies per sentence")
+    parser.add_argument("--width", type=int, default=192, help="conv channels")
+    parser.add_argument("--table-cache", type=Path, help="keep the token table here between runs")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     args = parser.parse_args(argv)
-    train(args.layers, args.epochs, args.copies, args.out)
+    if args.arch == "conv":
+        train_conv(args.epochs, args.copies, args.out, args.width, table_cache=args.table_cache)
+    else:
+        train(args.layers, args.epochs, args.copies, args.out)
     return 0
 
 

@@ -8,6 +8,7 @@ with them.
 
 from __future__ import annotations
 
+import contextvars
 import re
 from collections.abc import Callable, Iterable
 
@@ -293,15 +294,59 @@ def text_windows(text: str, candidate: re.Pattern[str], pad: int) -> list[tuple[
     for match in candidate.finditer(text):
         a = max(0, match.start() - pad)
         b = min(n, match.end() + pad)
-        while a > 0 and not text[a - 1].isspace():
-            a -= 1
-        while b < n and not text[b].isspace():
-            b += 1
+        if windows and a <= windows[-1][1]:  # joins the previous window: only its end grows
+            if b > windows[-1][1]:
+                windows[-1] = (windows[-1][0], _word_end(text, b))
+            continue
+        a = _word_start(text, a)
+        b = _word_end(text, b)
         if windows and a <= windows[-1][1]:
             windows[-1] = (windows[-1][0], max(b, windows[-1][1]))
         else:
             windows.append((a, b))
     return windows
+
+
+_SPACE = re.compile(r"\s")
+
+
+def _word_end(text: str, b: int) -> int:
+    """The first whitespace at or after b (or the end): C-speed search instead of a char loop."""
+    found = _SPACE.search(text, b)
+    return found.start() if found else len(text)
+
+
+def _word_start(text: str, a: int) -> int:
+    """Just after the last whitespace before a. Looked for in the 64 characters before a (a
+    longer word is walked back char by char)."""
+    if a == 0 or text[a - 1].isspace():
+        return a
+    lo = max(0, a - 64)
+    last = -1
+    for found in _SPACE.finditer(text, lo, a):
+        last = found.start()
+    if last >= 0:
+        return last + 1
+    while a > 0 and not text[a - 1].isspace():
+        a -= 1
+    return a
+
+
+# Windows computed during one detection, shared by the recognizers with the same prefilter
+# (five of them look for three digits): set by SensitivityDetector.detect, per thread/task.
+WINDOW_CACHE: contextvars.ContextVar[dict[tuple[str, int], list[tuple[int, int]]] | None] = (
+    contextvars.ContextVar("locus_window_cache", default=None)
+)
+
+
+def shared_windows(text: str, candidate: re.Pattern[str], pad: int) -> list[tuple[int, int]]:
+    cache = WINDOW_CACHE.get()
+    if cache is None:
+        return text_windows(text, candidate, pad)
+    key = (candidate.pattern, pad)
+    if key not in cache:
+        cache[key] = text_windows(text, candidate, pad)
+    return cache[key]
 
 
 class WindowedRecognizer(EntityRecognizer):
@@ -328,7 +373,7 @@ class WindowedRecognizer(EntityRecognizer):
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
         results = []
-        for a, b in text_windows(text, self._candidate, self._pad):
+        for a, b in shared_windows(text, self._candidate, self._pad):
             for result in self.inner.analyze(text[a:b], entities, None):
                 result.start += a
                 result.end += a

@@ -130,6 +130,7 @@ class SensitivityConfig(BaseModel):
     score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
     ner_min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     ner_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime intra-op threads per call
+    ner_model_dir: str | None = None  # a model directory of ner_train's format; None: the packaged
     keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     rules: dict[str, EntityRule] = Field(default_factory=default_rules)
     default_class: str = "INTERNAL"  # for a reported type missing from `rules`
@@ -257,10 +258,13 @@ def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str,
     # Same recognizers, each behind a cheap candidate prefilter: see recognizers.windowed.
     registry.recognizers = [ours.windowed(r) for r in registry.recognizers]
     if config.ner == "onnx":
-        from locus_llm.analysis.ner import NerRecognizer
+        from pathlib import Path
 
+        from locus_llm.analysis.ner import MODEL_DIR, NerRecognizer
+
+        model_dir = Path(config.ner_model_dir) if config.ner_model_dir else MODEL_DIR
         registry.add_recognizer(
-            NerRecognizer(min_score=config.ner_min_score, threads=config.ner_threads)
+            NerRecognizer(model_dir, min_score=config.ner_min_score, threads=config.ner_threads)
         )
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     context = {r.name: [w.lower() for w in r.context] for r in registry.recognizers if r.context}
@@ -321,8 +325,15 @@ class SensitivityDetector:
         """Every sensitive entity in `text` (message index 0: the caller sets it)."""
         if not text or not text.strip():
             return []
+        from locus_llm.analysis.recognizers import WINDOW_CACHE
+
         text = _scrubbed(text)
-        results = self._analyzer.analyze(text=text, language="en", score_threshold=0.0)
+        # one text per cache: the recognizers' prefilter windows are computed once per text
+        token = WINDOW_CACHE.set({})
+        try:
+            results = self._analyzer.analyze(text=text, language="en", score_threshold=0.0)
+        finally:
+            WINDOW_CACHE.reset(token)
         boost_by_context(text, results, self._context, self.config.context_boost)
         results = [r for r in results if r.score >= self.config.score_threshold]
         return [
