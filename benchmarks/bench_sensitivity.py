@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--ten-mb", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--compare-model", type=Path, help="also time this NER model directory (e.g. an older one)"
+    )
     args = parser.parse_args(argv)
 
     from locus_llm.analysis.sensitivity import SensitivityConfig, SensitivityDetector
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         "locus (patterns only)": SensitivityDetector(SensitivityConfig(ner="none")).detect,
         "presidio patterns, as shipped": baseline(),
     }
+    if args.compare_model:
+        other = SensitivityConfig(ner_model_dir=str(args.compare_model))
+        systems[f"locus (NER from {args.compare_model})"] = SensitivityDetector(other).detect
     for name, detect in systems.items():
         p50, p95 = p50_ms(detect, texts)
         wps = words_per_second(detect, document)

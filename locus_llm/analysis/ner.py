@@ -87,7 +87,7 @@ def _lower_word(word: str) -> bool:
 
 def _has_symbol(word: str) -> bool:
     """A currency sign, arrow, box-drawing … (Unicode category S): never part of a name."""
-    return any(unicodedata.category(c).startswith("S") for c in word)
+    return not word.isalnum() and any(unicodedata.category(c)[0] == "S" for c in word)
 
 
 def tidy(
@@ -178,7 +178,9 @@ class OnnxNer:
         self._cls = self._tokenizer.token_to_id("[CLS]")
         self._sep = self._tokenizer.token_to_id("[SEP]")
 
-    def predict(self, text: str) -> list[tuple[str, int, int, float]]:
+    def predict(self, text: str, min_score: float = 0.0) -> list[tuple[str, int, int, float]]:
+        """(type, start, end, score) of each name, place, organisation, group, age or date
+        scoring at least `min_score`."""
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         ids = encoding.ids
         if not ids:
@@ -194,6 +196,7 @@ class OnnxNer:
         return [
             piece
             for span in self._spans(probs, offsets, words)
+            if span[3] >= min_score
             for piece in tidy(text, span, mixed_case)
         ]
 
@@ -348,6 +351,6 @@ class NerRecognizer(EntityRecognizer):
                     RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                 },
             )
-            for etype, start, end, score in self._ner.predict(text)
-            if etype in wanted and score >= self._min_score
+            for etype, start, end, score in self._ner.predict(text, self._min_score)
+            if etype in wanted
         ]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 from locus_llm.profile import DataClass, Entity
 
 if TYPE_CHECKING:
-    from presidio_analyzer import AnalyzerEngine, RecognizerResult
+    from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
 
 SECRET_TYPES = (
     "AWS_ACCESS_KEY",
@@ -234,7 +234,8 @@ def boost_by_context(
 
 
 def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str, list[str]]]:
-    """A presidio AnalyzerEngine that never touches the network, and each recognizer's context."""
+    """A presidio AnalyzerEngine that never touches the network, and each recognizer's context.
+    The ONNX NER is not in it: see ner_recognizer."""
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
     from locus_llm.analysis import recognizers as ours
@@ -257,18 +258,28 @@ def build_analyzer(config: SensitivityConfig) -> tuple[AnalyzerEngine, dict[str,
         registry.add_recognizer(recognizer)
     # Same recognizers, each behind a cheap candidate prefilter: see recognizers.windowed.
     registry.recognizers = [ours.windowed(r) for r in registry.recognizers]
-    if config.ner == "onnx":
-        from pathlib import Path
-
-        from locus_llm.analysis.ner import MODEL_DIR, NerRecognizer
-
-        model_dir = Path(config.ner_model_dir) if config.ner_model_dir else MODEL_DIR
-        registry.add_recognizer(
-            NerRecognizer(model_dir, min_score=config.ner_min_score, threads=config.ner_threads)
-        )
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
     context = {r.name: [w.lower() for w in r.context] for r in registry.recognizers if r.context}
     return analyzer, context
+
+
+def ner_recognizer(config: SensitivityConfig) -> EntityRecognizer | None:
+    """Our ONNX NER as a presidio recognizer (None unless `ner` is "onnx").
+
+    The detector calls it directly rather than through the AnalyzerEngine: the engine's context
+    enhancement compares every result with every recognizer and deep-copies them all, which on
+    a long text (thousands of name candidates) cost more than the model itself, and it has
+    nothing to add here (no context words, no spaCy tokens). A user's own AnalyzerEngine can
+    still take it with `registry.add_recognizer`.
+    """
+    if config.ner != "onnx":
+        return None
+    from pathlib import Path
+
+    from locus_llm.analysis.ner import MODEL_DIR, NerRecognizer
+
+    model_dir = Path(config.ner_model_dir) if config.ner_model_dir else MODEL_DIR
+    return NerRecognizer(model_dir, min_score=config.ner_min_score, threads=config.ner_threads)
 
 
 def _nlp_engine(config: SensitivityConfig) -> Any:
@@ -318,6 +329,7 @@ class SensitivityDetector:
     def __init__(self, config: SensitivityConfig | None = None) -> None:
         self.config = config or SensitivityConfig()
         self._analyzer, self._context = build_analyzer(self.config)
+        self._ner = ner_recognizer(self.config)
         # Warm up: compiles every recognizer's regexes now, not racily in the first requests.
         self.detect("Call Jane Citizen on +61 2 9999 9999 or jane@example.com, TFN 123 456 782.")
 
@@ -334,6 +346,8 @@ class SensitivityDetector:
             results = self._analyzer.analyze(text=text, language="en", score_threshold=0.0)
         finally:
             WINDOW_CACHE.reset(token)
+        if self._ner is not None:
+            results += self._ner.analyze(text, [])
         boost_by_context(text, results, self._context, self.config.context_boost)
         results = [r for r in results if r.score >= self.config.score_threshold]
         return [
