@@ -225,7 +225,8 @@ def routing_error(error: BaseException) -> RequestError:
 
 def decision_json(decision: Any) -> dict[str, Any]:
     data = decision.to_dict()
-    return {"id": data["id"], **{k: data[k] for k in ROUTE_FIELDS}, "budget": data["budget"]}
+    extra = ("zones", "budget")  # zones: what `render_decision` needs for its table
+    return {"id": data["id"], **{k: data[k] for k in (*ROUTE_FIELDS, *extra)}}
 
 
 def call_summary(info: dict[str, Any] | None) -> dict[str, Any] | None:

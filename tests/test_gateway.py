@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from locus_llm.cli import main
+from locus_llm.cli import main, render_decision
 from locus_llm.errors import ConfigError, LocusError
 from locus_llm.gateway import ROUTE_FIELDS, create_gateway, route_remotely
 from locus_llm.router import Router
@@ -26,6 +26,14 @@ from tests.conftest import KEY_ENV, locus_spec
 from tests.fault_server import FaultServer, ok, status
 
 MESSAGES = [{"role": "user", "content": "Say hello to the team."}]
+
+
+def post(url: str, **kw: Any) -> httpx.Response:
+    return httpx.post(url, timeout=60, **kw)  # the first call may load the analysis models
+
+
+def get(url: str, **kw: Any) -> httpx.Response:
+    return httpx.get(url, timeout=60, **kw)
 
 
 @pytest.fixture
@@ -47,10 +55,9 @@ def gateway(make_router: Callable[..., Router]) -> Iterator[Callable[..., str]]:
 def test_chat_completion_is_routed_and_says_where_it_ran(gateway, server: FaultServer):
     server.script("rack", [ok("hello from the rack")])
     url = gateway()
-    response = httpx.post(
+    response = post(
         f"{url}/v1/chat/completions",
         json={"model": "auto", "messages": MESSAGES, "max_tokens": 16},
-        timeout=30,
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -90,7 +97,7 @@ def test_policy_denial_is_a_403_naming_every_reason(gateway, server: FaultServer
     assert error["code"] == "policy_denied"
     assert "data class RESTRICTED may not leave for zone cloud" in error["message"]
     assert server.requests == []  # nothing was sent anywhere
-    response = httpx.post(
+    response = post(
         f"{url}/v1/chat/completions",
         json={"model": "auto", "messages": MESSAGES},
         headers={"X-Locus-Data-Label": "restricted"},
@@ -101,15 +108,13 @@ def test_policy_denial_is_a_403_naming_every_reason(gateway, server: FaultServer
 def test_pinned_locus_and_unknown_model(gateway, server: FaultServer):
     server.script("cloud", [ok("from the cloud")])
     url = gateway()
-    pinned = httpx.post(
-        f"{url}/v1/chat/completions", json={"model": "cloud", "messages": MESSAGES}, timeout=30
-    )
+    pinned = post(f"{url}/v1/chat/completions", json={"model": "cloud", "messages": MESSAGES})
     assert pinned.status_code == 200 and pinned.json()["locus"]["locus"] == "cloud"
-    unknown = httpx.post(f"{url}/v1/chat/completions", json={"model": "gpt-9", "messages": []})
+    unknown = post(f"{url}/v1/chat/completions", json={"model": "gpt-9", "messages": []})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "model_not_found"
     assert "auto, locus, cloud, rack" in unknown.json()["error"]["message"]
-    models = httpx.get(f"{url}/v1/models").json()["data"]
+    models = get(f"{url}/v1/models").json()["data"]
     assert [m["id"] for m in models] == ["auto", "rack", "cloud"]
 
 
@@ -151,7 +156,7 @@ def test_pinned_locus_and_unknown_model(gateway, server: FaultServer):
 def test_bad_requests_get_openai_errors_and_send_nothing(
     gateway, server: FaultServer, body, status_code, fragment
 ):
-    response = httpx.post(f"{gateway()}/v1/chat/completions", content=body)
+    response = post(f"{gateway()}/v1/chat/completions", content=body)
     assert response.status_code == status_code
     error = response.json()["error"]
     assert fragment in error["message"]
@@ -162,8 +167,8 @@ def test_bad_requests_get_openai_errors_and_send_nothing(
 def test_every_locus_failing_is_a_502(gateway, server: FaultServer):
     server.script("rack", [status(500)])
     server.script("cloud", [status(503)])
-    response = httpx.post(
-        f"{gateway()}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES}, timeout=60
+    response = post(
+        f"{gateway()}/v1/chat/completions", json={"model": "auto", "messages": MESSAGES}
     )
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_failed"
@@ -176,9 +181,7 @@ def test_route_endpoint_answers_what_locus_route_json_prints(
     monkeypatch.setenv(KEY_ENV, "sk-test")
     url = gateway()
     prompt = "Summarise this paragraph about the quarterly plan in two lines."
-    remote = httpx.post(
-        f"{url}/v1/route", json={"prompt": prompt, "context": {"tenant": "acme"}}
-    ).json()
+    remote = post(f"{url}/v1/route", json={"prompt": prompt, "context": {"tenant": "acme"}}).json()
     config = tmp_path / "router.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -192,6 +195,7 @@ def test_route_endpoint_answers_what_locus_route_json_prints(
         assert remote[key] == local[key], key
     assert remote["profile"]["task"] == local["profile"]["task"]
     assert remote["budget"] == {"spent_usd": None, "budget_usd": None, "budget_state": "ok"}
+    assert "CHOSEN" in render_decision(remote)  # the CLI's table renders a remote decision too
     assert server.requests == []  # a decision sends nothing
     through_client = route_remotely(
         url, [{"role": "user", "content": prompt}], {"tenant": "acme", "user": None}
@@ -203,7 +207,7 @@ def test_route_endpoint_answers_what_locus_route_json_prints(
 
 def test_route_endpoint_reports_the_tenant_budget(gateway, server: FaultServer):
     url = gateway(budgets={"tenants": {"acme": 0.0}})
-    decision = httpx.post(
+    decision = post(
         f"{url}/v1/route", json={"prompt": "Say hi."}, headers={"X-Locus-Tenant": "acme"}
     ).json()
     assert decision["budget"] == {"spent_usd": 0.0, "budget_usd": 0.0, "budget_state": "exceeded"}
@@ -213,16 +217,16 @@ def test_route_endpoint_reports_the_tenant_budget(gateway, server: FaultServer):
 
 def test_health_and_api_key(gateway, server: FaultServer):
     url = gateway(api_key="s3cret")
-    health = httpx.get(f"{url}/health").json()  # open, for probes
+    health = get(f"{url}/health").json()  # open, for probes
     assert health["status"] == "ok" and health["mode"] == "router"
     assert health["state"] == {"backend": "memory", "reachable": True}
     assert health["loci"] == {
         "rack": {"zone": "onprem", "healthy": True},
         "cloud": {"zone": "cloud", "healthy": True},
     }
-    refused = httpx.post(f"{url}/v1/route", json={"prompt": "hi"})
+    refused = post(f"{url}/v1/route", json={"prompt": "hi"})
     assert refused.status_code == 401
-    allowed = httpx.post(
+    allowed = post(
         f"{url}/v1/route", json={"prompt": "hi"}, headers={"Authorization": "Bearer s3cret"}
     )
     assert allowed.status_code == 200
