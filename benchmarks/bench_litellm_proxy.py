@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -93,39 +94,41 @@ def in_process(requests: int) -> dict[str, object]:
 
 
 def through_proxy(requests: int) -> dict[str, object]:
+    """Two proxies on the same deployments, one with the hook, one without; requests alternate
+    between them so the machine's load weighs on both alike."""
     from tests.fault_server import FaultServer
     from tests.test_litellm_proxy import running_proxy
 
-    results: dict[str, object] = {}
-    with FaultServer() as server, tempfile.TemporaryDirectory() as folder:
+    message = [{"role": "user", "content": SHORT}]
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(FaultServer())
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         runs = {
             "with_hook": ({}, "auto"),
             "without_hook": ({"litellm_settings": {"callbacks": []}}, "cloud-mini"),
         }
-        latencies: dict[str, list[float]] = {}
-        for label, (extra, model) in runs.items():
-            path = Path(folder) / label
-            path.mkdir()
-            with running_proxy(path, server.url + "/v1", extra=extra) as proxy:
-                client = proxy.client()
+        proxies, results = {}, {}
+        for label, (extra, model) in runs.items():  # one after the other: start-up alone
+            (folder / label).mkdir()
+            proxy = stack.enter_context(
+                running_proxy(folder / label, server.url + "/v1", extra=extra)
+            )
+            client = proxy.client()
+            started = time.perf_counter()
+            client.chat.completions.create(model=model, messages=message)
+            proxies[label] = (client, model)
+            results[label] = {
+                "startup_s": round(proxy.startup_s, 2),
+                "first_answer_s": round(time.perf_counter() - started, 3),
+            }
+        latencies: dict[str, list[float]] = {label: [] for label in runs}
+        for _ in range(requests):
+            for label, (client, model) in proxies.items():
                 started = time.perf_counter()
-                client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": SHORT}]
-                )
-                first = time.perf_counter() - started
-                times = []
-                for _ in range(requests):
-                    started = time.perf_counter()
-                    client.chat.completions.create(
-                        model=model, messages=[{"role": "user", "content": SHORT}]
-                    )
-                    times.append((time.perf_counter() - started) * 1000)
-                latencies[label] = times
-                results[label] = {
-                    "startup_s": round(proxy.startup_s, 2),
-                    "first_answer_s": round(first, 3),
-                    "request": summary(times),
-                }
+                client.chat.completions.create(model=model, messages=message)
+                latencies[label].append((time.perf_counter() - started) * 1000)
+        for label, times in latencies.items():
+            results[label]["request"] = summary(times)
         results["hook_added_p50_ms"] = round(
             statistics.median(latencies["with_hook"])
             - statistics.median(latencies["without_hook"]),

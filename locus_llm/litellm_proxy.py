@@ -78,7 +78,7 @@ def refusal(
     status: int, message: str, *, code: str, denied: dict[str, list[str]] | None = None
 ) -> HTTPException:
     """An HTTPException the proxy renders as an OpenAI error body with this status."""
-    detail: dict[str, Any] = {"error": message, "type": "locus_policy", "code": code}
+    detail: dict[str, Any] = {"error": message, "type": "locus", "code": code}
     if denied:
         detail["denied"] = denied
     return HTTPException(status_code=status, detail=detail)
@@ -174,12 +174,19 @@ class LocusProxyHook(CustomLogger):
                 code="locus_unknown_model",
             )
         pinned = None if requested == self.alias else requested
+        context = self._context(data, user_api_key_dict)
+        # analysis is CPU work and the budget reservation a Redis round trip: one worker thread
+        # for both, and the proxy's event loop keeps serving meanwhile
+        return await asyncio.to_thread(self._decide, router, data, context, pinned)
+
+    def _decide(
+        self, router: Router, data: dict, context: dict[str, Any], pinned: str | None
+    ) -> dict:
         messages = data.get("messages") or []
         try:
-            decision = await asyncio.to_thread(
-                router.route,
+            decision = router.route(
                 messages,
-                self._context(data, user_api_key_dict),
+                context,
                 max_tokens=data.get("max_tokens") or data.get("max_completion_tokens"),
                 tools=data.get("tools"),
                 locus=pinned,
@@ -190,8 +197,7 @@ class LocusProxyHook(CustomLogger):
             raise refusal(
                 503, f"policy unavailable, nothing was sent: {exc}", code="locus_policy_error"
             ) from None
-        # the budget reservation may be a Redis round trip: off the event loop too
-        return await asyncio.to_thread(self._apply, decision, data, messages, router)
+        return self._apply(decision, data, messages, router)
 
     def _context(self, data: dict, key: Any) -> dict[str, Any]:
         """The routing context: the caller's `metadata.locus`, with identity from the key."""

@@ -40,6 +40,7 @@ TFN = "123 456 782"  # a valid Australian tax file number (check digit holds)
 ABN = "51 824 753 556"  # a valid Australian business number
 CLOUD = ("cloud-mini", "cloud-large")
 BUDGET_USD = 2e-5  # tenant "small": a few calls of a few tokens on cloud-mini
+BREAKER_THRESHOLD = 3
 STARTUP_TIMEOUT_S = 150.0  # the proxy imports a great deal; on a loaded 2-core machine it is slow
 
 
@@ -67,6 +68,7 @@ def locus_config(api_base: str) -> dict:
             locus("cloud-large", "cloud", 5, 2.5, 10.0),
         ],
         "budgets": {"tenants": {"small": BUDGET_USD}},
+        "breaker": {"failure_threshold": BREAKER_THRESHOLD, "cooldown_s": 60},
         "policy": {
             "data": {"routing_settings": {"zones_by_class": {"RESTRICTED": ["device", "onprem"]}}}
         },
@@ -267,6 +269,27 @@ def test_tenant_budget_is_charged_per_answer_and_enforced(proxy: Proxy, loopback
     # the default tenant has no budget: unaffected
     headers, _ = ask(proxy, "Write a haiku about autumn leaves.", max_tokens=5)
     assert headers["x-litellm-model-group"] == "cloud-mini"
+
+
+def test_failures_the_proxy_logs_open_the_locus_circuit(proxy: Proxy, loopback: FaultServer):
+    """The proxy's failure events feed the router's breaker: after BREAKER_THRESHOLD failures
+    on-prem is unhealthy, and a RESTRICTED request (on-prem only) is refused without being sent.
+    (Runs last of the proxy tests: the circuit stays open for the rest of the module.)"""
+    loopback.script("onprem", [status(503)])
+    refusals = []
+    for _ in range(BREAKER_THRESHOLD + 3):
+        try:
+            ask(proxy, f"My TFN is {TFN}.")
+        except openai.PermissionDeniedError as exc:
+            refusals.append(exc.body["message"])
+            break
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503
+        time.sleep(0.2)  # the failure is logged just after the answer
+    assert refusals and "onprem: unhealthy (circuit open)" in refusals[0]
+    # the failure log lands just after each answer: at most one more call gets through
+    assert BREAKER_THRESHOLD <= len(received(loopback, "onprem")) <= BREAKER_THRESHOLD + 1
+    assert [m for m in CLOUD if received(loopback, m)] == []
 
 
 # --- the hook in this process: what the proxy hands it, without a proxy around it -------------
