@@ -329,9 +329,12 @@ def test_an_external_host_without_an_address_range_is_refused(tmp_path: Path, ca
     assert "not an address range" in capsys.readouterr().err
 
 
-def test_litellm_proxy_config_names_one_deployment_per_locus_and_the_hook():
-    config = load_config(DEPLOY / "config" / "config.yaml")
-    proxy = proxy_config(config)
+def test_litellm_proxy_config_names_one_deployment_per_locus_and_the_hook(capsys):
+    path = DEPLOY / "config" / "config.yaml"
+    config = load_config(path)
+    assert main(["deploy", "litellm-config", "--config", str(path)]) == 0
+    proxy = yaml.safe_load(capsys.readouterr().out)
+    assert proxy == proxy_config(config)
     names = [d["model_name"] for d in proxy["model_list"]]
     assert names == [locus.name for locus in config.loci]
     cloud = next(d for d in proxy["model_list"] if d["model_name"] == "cloud")["litellm_params"]
