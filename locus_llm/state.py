@@ -8,11 +8,12 @@ Shared through Redis:
     outcome is applied to this process's view at once and written to Redis by a background
     thread (one pipeline, Lua scripts so concurrent replicas never lose an update); every
     REFRESH_S the same thread reads all loci back. A routed call never waits on Redis for health,
-    and a circuit opened by one replica is respected by the others within about 2 × REFRESH_S.
+    and a circuit opened by one replica is respected by the others within about REFRESH_S.
   - per tenant, the money spent in the budget period (`budgets` in the config). Before a call
     goes to a paid locus it reserves the predicted cost, atomically against the tenant's budget
     (a Lua script: committed spend + live reservations + this estimate ≤ budget, or no). After
-    the call the reservation is settled with the actual cost, or released if the call failed.
+    the call the reservation is settled with the actual cost, or released if the call failed
+    (at once, on the caller's thread: the next decision anywhere sees it).
     Replicas together can therefore never admit more than the budget holds, whatever the
     concurrency; only a call whose actual cost exceeds its estimate can overshoot, by that
     difference. A reservation left behind by a replica that died expires after its call's
