@@ -125,7 +125,9 @@ def test_gguf_4bit_weights_are_kept_exactly_at_int4(
 ) -> None:
     """int4 from a Q4_0/Q4_1 file reuses the file's own codes. With float activations
     (accuracy level 0) it computes what the float32 conversion of the same file computes; with
-    the fast kernel's int8 activations (the default) it stays within a few percent."""
+    the fast kernel's int8 activations (the default) it stays within a few percent. The
+    vocabulary projection runs at 4 bits and rescores its top candidates in float: those are
+    exact, the tail carries the 4-bit error."""
     from locus_llm.local import converter
 
     tiny = build_tiny_llama(tmp_path / f"{qtype}.gguf", quantized=qtype)
@@ -139,10 +141,18 @@ def test_gguf_4bit_weights_are_kept_exactly_at_int4(
         return np.stack(list(OnnxChatModel(tmp_path / folder, threads=1).next_token_logits(ids)))
 
     reference = logits("fp32")
+    top = np.argsort(-reference, axis=-1)[:, :8]
+    head = np.take_along_axis(logits("int4-float"), top, axis=-1)
     # The embedding table is float16 in quantised conversions (hence not 1e-5); re-quantising
     # the dequantised 4-bit weights instead would be off by ~2 here.
-    np.testing.assert_allclose(logits("int4-float"), reference, atol=0.05)
-    assert np.abs(logits("int4") - reference).max() < 0.05 * np.abs(reference).max()
+    np.testing.assert_allclose(head, np.take_along_axis(reference, top, axis=-1), atol=0.05)
+    tail_error = np.abs(logits("int4-float") - reference).max()
+    assert 0.05 < tail_error < 0.2 * np.abs(reference).max()  # the unscored 4-bit tail
+    assert np.abs(logits("int4") - reference).max() < 0.2 * np.abs(reference).max()
+    fast_head = np.take_along_axis(logits("int4"), top, axis=-1)
+    assert np.abs(fast_head - np.take_along_axis(reference, top, axis=-1)).max() < (
+        0.05 * np.abs(reference).max()
+    )
     assert (tmp_path / "int4" / "model.onnx.data").stat().st_size < (
         (tmp_path / "fp32" / "model.onnx.data").stat().st_size / 2
     )

@@ -1,11 +1,17 @@
 """GGUF → ONNX for decoder-only models of the Llama family, with numpy, `gguf` and `onnx` (no torch).
 
-The graph uses the standard opset-23 operators `RMSNormalization`, `RotaryEmbedding` and `Attention`
-(with its KV cache), and onnxruntime's `MatMulNBits` for int4/int8 weights. Its inputs and outputs
-follow the layout most published ONNX decoders use (`input_ids`, `attention_mask`, `position_ids`,
+The graph uses the opset-23 `RMSNormalization`, onnxruntime's `GroupQueryAttention` (rotary inside;
+run with one KV buffer per layer shared by past and present, as onnxruntime-genai does) and
+`MatMulNBits` for int4/int8 weights; `attention="standard"` gives opset-23 `RotaryEmbedding` +
+`Attention` with a cache grown by concatenation instead. Inputs and outputs follow the layout most
+published ONNX decoders use (`input_ids`, `attention_mask`, [`position_ids`,]
 `past_key_values.N.key/value` → `logits`, `present.N.key/value`), so one runtime runs both.
 `logits` holds the last position only: generation never needs the others, and skipping the vocabulary
 projection for the rest of the prompt is most of the prefill time of a small model.
+
+int4 keeps GGUF's Q4_0/Q4_1 codes exactly. MatMulNBits computes with int8 activations
+(`accuracy_level` 4, several times faster than float here): that rounding, spread over every layer,
+is what separates the result from a float32 reference (about 0.1 logit on the top candidates).
 
 The output folder holds `model.onnx` (+ `model.onnx.data`), `tokenizer.json`, `tokenizer_config.json`
 (with the chat template) and `locus.json` (what the runtime needs: context window, stop tokens).
@@ -37,8 +43,9 @@ BLOCK_SIZE = 32
 # int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
 ACCURACY_LEVEL = 4
 ATTENTIONS = ("gqa", "standard")
-# Bits of the vocabulary projection (tied to the embedding table in small models).
-LM_HEAD_BITS = 8
+# int4: the vocabulary projection runs at 4 bits, then this many top candidates are scored
+# again against a float16 copy of the matrix (0: an 8-bit projection instead).
+RESCORED_CANDIDATES = 64
 # Fractions of a block's range tried when re-quantising float weights to 4 bits.
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 # Bit widths quantised symmetrically (no zero points: onnxruntime's fastest kernels).
@@ -582,6 +589,29 @@ def _standard_attention(
     return attn
 
 
+def _rescored_head(g: _Graph, x: str, head: np.ndarray, table: str | None) -> str:
+    """Logits from a 4-bit projection, the best candidates rescored in float.
+
+    A small model's vocabulary projection does not survive 4 bits (llama.cpp keeps it at 8), but
+    it only has to find the candidates: the top ones are then scored again exactly, against the
+    float16 embedding table when the weights are tied (already in the graph for the lookup). That
+    costs about half the 8-bit projection's time; logits outside the top candidates keep the
+    4-bit error, which only matters for the far tail of sampling.
+    """
+    approx = g.linear(x, head, "lm_head", min_bits=4)
+    if table is None:
+        table = g.const("lm_head_f16", head.astype(np.float16))
+    k = g.const("k", np.array([min(RESCORED_CANDIDATES, head.shape[0])], dtype=np.int64))
+    _, candidates = g.op("TopK", [approx, k], n_out=2, axis=-1, largest=1, sorted=0)
+    (rows,) = g.op("Gather", [table, candidates])  # [batch, 1, k, hidden]
+    (rows,) = g.op("Cast", [rows], to=TensorProto.FLOAT)
+    (column,) = g.op("Unsqueeze", [x, g.const("axes", np.array([-1], dtype=np.int64))])
+    (exact,) = g.op("MatMul", [rows, column])  # [batch, 1, k, 1]
+    (exact,) = g.op("Squeeze", [exact, g.const("axes", np.array([-1], dtype=np.int64))])
+    (logits,) = g.op("ScatterElements", [approx, candidates, exact], axis=-1)
+    return logits
+
+
 def _build_graph(
     p: Hyperparameters,
     load: Callable[[str], np.ndarray],
@@ -600,7 +630,8 @@ def _build_graph(
 
     embedding = load("token_embd.weight")
     table = embedding if quant == "fp32" else embedding.astype(np.float16)
-    (x,) = g.op("Gather", [g.const("embed_tokens", table), "input_ids"])
+    table_name = g.const("embed_tokens", table)
+    (x,) = g.op("Gather", [table_name, "input_ids"])
     if table.dtype != np.float32:
         (x,) = g.op("Cast", [x], to=TensorProto.FLOAT)
     rope_freqs = load("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
@@ -637,20 +668,11 @@ def _build_graph(
         return Blocks4.concat(parts) if all(b is not None for b in parts) else None
 
     def norm(x: str, residual: str | None, weight: str) -> tuple[str, str]:
-        """RMS norm of x (+ residual, which the fused op adds first); returns (normed, sum)."""
+        """RMS norm of x (+ residual, added first); returns (normed, the sum)."""
         gamma = g.const(weight, load(f"{weight}.weight"))
         if residual is None:
             (h,) = g.op("RMSNormalization", [x, gamma], epsilon=p.rms_eps, axis=-1)
             return h, x
-        if fused:
-            h, _, _, total = g.op(
-                "SkipSimplifiedLayerNormalization",
-                [x, residual, gamma],
-                n_out=4,
-                domain="com.microsoft",
-                epsilon=p.rms_eps,
-            )
-            return h, total
         (total,) = g.op("Add", [x, residual])
         (h,) = g.op("RMSNormalization", [total, gamma], epsilon=p.rms_eps, axis=-1)
         return h, total
@@ -736,9 +758,14 @@ def _build_graph(
     (x,) = g.op("Slice", [x, *last])
     (pending,) = g.op("Slice", [pending, *last])
     x, _ = norm(x, pending, "output_norm")
-    head = load("output.weight") if "output.weight" in tensors else embedding  # tied embeddings
-    # The vocabulary projection of a small model does not survive 4 bits (llama.cpp keeps it at 8).
-    logits = g.linear(x, head, "lm_head", min_bits=LM_HEAD_BITS)
+    tied = "output.weight" not in tensors
+    head = embedding if tied else load("output.weight")
+    if quant == "int4" and RESCORED_CANDIDATES:
+        logits = _rescored_head(g, x, head, table_name if tied else None)
+    else:
+        # The vocabulary projection of a small model does not survive 4 bits (llama.cpp keeps
+        # it at 8).
+        logits = g.linear(x, head, "lm_head", min_bits=8)
     g.op("Identity", [logits], outputs=["logits"])
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
