@@ -406,7 +406,7 @@ def train_conv(
     epochs: int,
     copies: int,
     out_dir: Path,
-    width: int = 192,
+    width: int = 128,
     dilations: tuple[int, ...] = (1, 2, 4, 1),
     seed: int = 0,
     table_cache: Path | None = None,
@@ -596,14 +596,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", choices=("conv", "transformer"), default="conv")
     parser.add_argument("--layers", type=int, default=1, help="transformer layers")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--copies", type=int, default=3, help="augmented copies per sentence")
-    parser.add_argument("--width", type=int, default=192, help="conv channels")
+    parser.add_argument("--width", type=int, default=128, help="conv channels")
+    parser.add_argument(
+        "--dilations", default="1,2,4,1", help="one dilated convolution (kernel 3) per entry"
+    )
     parser.add_argument("--table-cache", type=Path, help="keep the token table here between runs")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     args = parser.parse_args(argv)
     if args.arch == "conv":
-        train_conv(args.epochs, args.copies, args.out, args.width, table_cache=args.table_cache)
+        dilations = tuple(int(d) for d in args.dilations.split(","))
+        train_conv(
+            args.epochs, args.copies, args.out, args.width, dilations, table_cache=args.table_cache
+        )
     else:
         train(args.layers, args.epochs, args.copies, args.out)
     return 0
