@@ -124,17 +124,17 @@ def active_analyzers(router: Router) -> dict[str, str]:
 def time_decisions(
     router: Router, prompts: list[str]
 ) -> tuple[list[float], dict[str, list[float]], list[float]]:
-    """Wall time of each decision, its stages, and the CPU time of the calling thread (every
-    model runs with one intra-op thread, in the caller): on a shared machine the CPU time is
-    what the decision costs, the wall time adds the wait for a core."""
+    """Wall time of each decision, its stages, and the CPU time the process spent on it (all
+    threads): on a shared machine the CPU time is what the decision costs, the wall time adds
+    the wait for a core."""
     totals: list[float] = []
     cpu: list[float] = []
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for prompt in prompts:
-        start, start_cpu = time.perf_counter(), time.thread_time()
+        start, start_cpu = time.perf_counter(), time.process_time()
         decision = router.route([{"role": "user", "content": prompt}])
         totals.append((time.perf_counter() - start) * 1000)
-        cpu.append((time.thread_time() - start_cpu) * 1000)
+        cpu.append((time.process_time() - start_cpu) * 1000)
         for stage in STAGES:
             stages[stage].append(decision.timings_ms.get(stage, 0.0))
     return totals, stages, cpu
