@@ -1,8 +1,14 @@
-"""Train the shipped NER model: a truncated MiniLM token classifier exported to ONNX (int8).
+"""Train the shipped NER model and export it to ONNX (int8).
 
-Run: `nice -n 10 OMP_NUM_THREADS=2 python -m locus_llm.analysis.ner_train` (about 10 minutes on 2
-cores). torch is imported inside the functions that need it: it belongs to the `train` extra and
-must never be imported by the runtime.
+The default (`--arch conv`, what ships): a frozen token table distilled from all-MiniLM-L6-v2
+(token_table), a word-shape embedding and four dilated convolutions (build_conv_model), exported
+as plain MatMuls (conv_graph). `--arch transformer` trains the previous design, the first
+encoder layer(s) fine-tuned as a tagger: ner.py still runs such a directory, for comparisons.
+
+Run: `nice -n 10 python -m locus_llm.analysis.ner_train --table-cache /tmp/ner_table.pt`
+(one thread; the table takes ~2.5 minutes, training 7-18 minutes on the shared 2-core machine).
+torch is imported inside the functions that need it: it belongs to the `train` extra and must
+never be imported by the runtime.
 
 Data: presidio-research synthetic sentences (../shared/data/pii_presidio). They are split BY
 TEMPLATE, as presidio-research advises, so the evaluation never sees a sentence pattern the model
