@@ -7,7 +7,7 @@
 
 The NetworkPolicy lets the locus pods reach the configured loci and nothing else (plus DNS and
 the Redis state backend): sovereignty enforced by the network as well as by the policy. A
-NetworkPolicy matches addresses, not names, so each locus host becomes:
+NetworkPolicy matches addresses, not names, so each locus host becomes (loopback needs no rule):
   - an IP literal: that address (/32, or /128 for IPv6);
   - an in-cluster Service name (`svc`, `svc.ns`, `svc.ns.svc[.cluster.local]`): the pods of that
     namespace labelled `app.kubernetes.io/name: svc` (or what `--pods HOST=KEY=VALUE` says);
@@ -65,6 +65,15 @@ def host_port(url: str, what: str) -> tuple[str, int]:
     if port is None:
         raise ConfigError(f"{what} {url!r}: no port and unknown scheme {parts.scheme!r}")
     return parts.hostname, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def service_of(host: str) -> tuple[str, str | None] | None:
@@ -151,7 +160,7 @@ def network_policy(
         targets.append(("state (Redis)", host, port))
     seen: set[tuple[str, int]] = set()
     for _, host, port in targets:
-        if (host, port) in seen:
+        if (host, port) in seen or is_loopback(host):  # loopback never leaves the pod
             continue
         seen.add((host, port))
         rules.append(

@@ -223,6 +223,12 @@ def test_network_policy_allows_exactly_the_loci_redis_and_dns():
             "loci": [
                 {"name": "device", "zone": "device", "model": "locus-onnx/smollm2"},
                 {
+                    "name": "sidecar",
+                    "zone": "device",
+                    "model": "hosted_vllm/m",
+                    "api_base": "http://127.0.0.1:8000/v1",
+                },  # in the pod: loopback, no rule
+                {
                     "name": "vllm",
                     "zone": "onprem",
                     "model": "hosted_vllm/m",
