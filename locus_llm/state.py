@@ -6,14 +6,15 @@
 Shared through Redis:
   - per locus, the circuit breaker and the measured profile (the EWMAs of `stats.Stats`): each
     outcome is applied to this process's view at once and written to Redis by a background
-    thread (one pipeline, Lua scripts so concurrent replicas never lose an update); every
-    REFRESH_S the same thread reads all loci back. A routed call never waits on Redis for health,
+    thread (one pipeline, Lua scripts so concurrent replicas never lose an update) — a failure
+    at once, a success with the next refresh; every REFRESH_S the same thread reads all loci
+    back. A routed call never waits on Redis for health,
     and a circuit opened by one replica is respected by the others within about REFRESH_S.
   - per tenant, the money spent in the budget period (`budgets` in the config). Before a call
     goes to a paid locus it reserves the predicted cost, atomically against the tenant's budget
     (a Lua script: committed spend + live reservations + this estimate ≤ budget, or no). After
     the call the reservation is settled with the actual cost, or released if the call failed
-    (at once, on the caller's thread: the next decision anywhere sees it).
+    (the background thread writes it at once; until then the reservation still counts).
     Replicas together can therefore never admit more than the budget holds, whatever the
     concurrency; only a call whose actual cost exceeds its estimate can overshoot, by that
     difference. A reservation left behind by a replica that died expires after its call's
@@ -394,6 +395,8 @@ class RedisState:
         self.outages = 0
         self._retry_at = 0.0
         self._writes: list[_Write] = []
+        self._urgent = False
+        self._spent: dict[tuple[str, str], tuple[float, float]] = {}  # usd, monotonic read time
         self._wake = threading.Condition()
         self._stopping = False
         self._sync(refresh=True)  # the first routed call already sees what the others know
@@ -403,7 +406,17 @@ class RedisState:
     # --- spend: on the caller's thread, short timeouts ----------------------------------------
 
     def spent(self, tenant: str) -> float:
-        _, spent = self._spend_script(tenant, ())
+        """The policy's view of the spend: read at most every REFRESH_S per tenant (this
+        process's own reservations and settlements kept current in between). It may lag other
+        replicas by that much; the reservation, not this number, is what enforces the budget."""
+        if not self.available:
+            raise StateUnavailable(f"state backend {redacted_url(self.url)} is unreachable")
+        key = (budget_period(self.period), tenant)
+        cached = self._spent.get(key)
+        if cached is not None and time.monotonic() - cached[1] < REFRESH_S:
+            return cached[0]
+        _, spent = self._spend_script(tenant, (), key[0])
+        self._spent[key] = (spent, time.monotonic())
         return spent
 
     def reserve(
@@ -411,17 +424,20 @@ class RedisState:
     ) -> Reservation | None:
         period = budget_period(self.period)
         reservation = Reservation(tenant, period, uuid.uuid4().hex, amount_usd, locus)
-        admitted, _ = self._spend_script(
+        admitted, spent = self._spend_script(
             tenant,
             (reservation.id, repr(float(amount_usd)), repr(float(budget_usd)), repr(float(ttl_s))),
             period,
         )
+        self._spent[(period, tenant)] = (spent, time.monotonic())  # as fresh as it gets
         return reservation if admitted else None
 
     def settle(
         self, tenant: str, actual_usd: float, reservation: Reservation | None = None
     ) -> None:
-        """At once when Redis answers (the next decision sees it); else kept and written later."""
+        """Written by the background thread at once, so the caller (often an event loop, just
+        as LiteLLM's logging threads wake) never waits on a round trip; until it lands the
+        reservation still counts, which errs on the safe side. Kept while Redis is down."""
         period = reservation.period if reservation else budget_period(self.period)
         write = _Write(
             "settle",
@@ -433,13 +449,11 @@ class RedisState:
                 str(PERIOD_TTL_S[self.period]),
             ),
         )
-        if self.available:
-            try:
-                self._scripts[SETTLE](keys=write.keys, args=write.args)
-                return
-            except self._errors as exc:
-                self._went_down(exc)
-        self._keep([write])
+        self._submit(write, urgent=True)
+        key = (period, tenant)
+        if (cached := self._spent.get(key)) is not None:  # what this process knows already
+            held = reservation.amount_usd if reservation else 0.0
+            self._spent[key] = (cached[0] - held + actual_usd, cached[1])
 
     def status(self) -> dict[str, Any]:
         return {
@@ -479,10 +493,14 @@ class RedisState:
 
     # --- the background thread: write outcomes, read the shared view ---------------------------
 
-    def _submit(self, write: _Write) -> None:
+    def _submit(self, write: _Write, *, urgent: bool) -> None:
+        """Queue a write: an urgent one (a failure, which may open a circuit) goes out at once,
+        the others with the next refresh, so a routed call never wakes the thread for them."""
         with self._wake:
             self._writes.append(write)
-            self._wake.notify()
+            if urgent:
+                self._urgent = True
+                self._wake.notify()
 
     def _run(self) -> None:
         next_refresh = time.monotonic() + REFRESH_S
@@ -490,7 +508,7 @@ class RedisState:
             with self._wake:
                 while not self._stopping:
                     now = time.monotonic()
-                    if self.available and self._writes:
+                    if self.available and self._urgent:
                         break
                     wake_at = next_refresh if self.available else self._retry_at
                     if now >= wake_at:
@@ -508,6 +526,7 @@ class RedisState:
         """One pipeline: pending writes, then (if `refresh`) every locus. False if Redis failed."""
         with self._wake:
             writes, self._writes = self._writes, []
+            self._urgent = False
         pipe = self._client.pipeline(transaction=False)
         for write in writes:
             self._scripts[write.script](keys=write.keys, args=write.args, client=pipe)
@@ -574,7 +593,10 @@ class RedisState:
 
     def _record(self, script: str, name: str, args: tuple[str, ...]) -> None:
         if name in self.loci:  # shared only for configured loci: the snapshot reads those
-            self._submit(_Write("stats", script, (self._locus_key(name),), args))
+            self._submit(
+                _Write("stats", script, (self._locus_key(name),), args),
+                urgent=script is RECORD_FAILURE,
+            )
 
 
 class SharedStats(Stats):

@@ -20,6 +20,7 @@ from locus_llm.errors import ConfigError, NoAllowedLocusError
 from locus_llm.router import Router
 from locus_llm.state import (
     BUDGET_UNKNOWN,
+    REFRESH_S,
     MemoryState,
     RedisState,
     StateUnavailable,
@@ -168,7 +169,8 @@ def test_shared_profiles_follow_the_same_moving_averages_as_memory(redis_url):
             reference.record_success(
                 "cloud", latency_ms=latency, ttft_ms=ttft, tokens_out=tokens, cost_usd=0.001
             )
-            time.sleep(0.05)  # each write lands before the next (the order matters to an EWMA)
+            time.sleep(REFRESH_S + 0.05)  # each success lands (with the next refresh) before
+            # the next outcome: the order matters to an average
         writer.stats.record_failure("cloud")
         reference.record_failure("cloud")
         expected = reference.get("cloud")
@@ -262,7 +264,7 @@ def test_a_hanging_redis_never_hangs_routing_and_settlements_survive_it(redis_se
         redis_server.pause()  # SIGSTOP: connections are accepted, nothing answers
         started = time.monotonic()
         with pytest.raises(StateUnavailable):
-            state.spent("acme")
+            state.spent("another tenant")  # not read yet: a round trip, which times out
         assert time.monotonic() - started < 0.5
         calls = []
         for _ in range(20):  # once it is known down, no call waits for it at all
