@@ -59,6 +59,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from locus_llm.config import LocusConfig
 from locus_llm.dispatch import ChunkRestorer, cost_usd, usage_of
 from locus_llm.errors import InvalidRequestError, LocusError, NoAllowedLocusError, PolicyError
+from locus_llm.profile import RoutingContext
 from locus_llm.redaction import Vault
 from locus_llm.router import ROUTING_FIELDS, Decision, Router, router_for
 from locus_llm.state import BudgetGuard
@@ -200,22 +201,22 @@ class LocusProxyHook(CustomLogger):
         return self._apply(decision, data, messages, router)
 
     def _context(self, data: dict, key: Any) -> dict[str, Any]:
-        """The routing context: the caller's `metadata.locus`, with identity from the key."""
+        """The routing context: the caller's `locus` object (body or metadata), with identity
+        from the key."""
         metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
         # a body `locus` object (as the gateway takes it) must not travel on to the deployment
         asked = data.pop("locus", None) or metadata.get("locus") or {}
         if not isinstance(asked, dict):
             raise refusal(
                 400,
-                f"metadata.locus must be an object of routing fields {list(ROUTING_FIELDS)}",
+                f"locus must be an object of routing fields {list(ROUTING_FIELDS)}",
                 code="locus_invalid_request",
             )
         unknown = sorted(set(asked) - set(ROUTING_FIELDS))
         if unknown:
             raise refusal(
                 400,
-                f"unknown routing field(s) {unknown} in metadata.locus: expected "
-                f"{list(ROUTING_FIELDS)}",
+                f"unknown routing field(s) {unknown} in locus: expected {list(ROUTING_FIELDS)}",
                 code="locus_invalid_request",
             )
         context = dict(asked)
@@ -225,6 +226,10 @@ class LocusProxyHook(CustomLogger):
         context.setdefault("tenant", "default")
         if user or data.get("user"):
             context["user"] = user or data.get("user")
+        try:  # wrong types and unknown data labels are the caller's error, said before analysis
+            RoutingContext.from_any(context)
+        except (TypeError, ValueError) as exc:
+            raise refusal(400, f"locus: {exc}", code="locus_invalid_request") from None
         return context
 
     def _apply(self, decision: Decision, data: dict, messages: list[Any], router: Router) -> dict:

@@ -337,6 +337,9 @@ def test_malformed_routing_fields_and_other_calls_are_refused_clearly(hook: Locu
             hook, {"model": "auto", "messages": messages, "metadata": {"locus": {"tennant": "x"}}}
         )
     assert bad.value.status_code == 400 and "tennant" in bad.value.detail["error"]
+    with pytest.raises(HTTPException) as label:
+        pre_call(hook, {"model": "auto", "messages": messages, "locus": {"data_label": "SECRET"}})
+    assert label.value.status_code == 400 and "SECRET" in label.value.detail["error"]
     with pytest.raises(HTTPException) as embedding:
         pre_call(hook, {"model": "auto", "input": ["hi"]}, call_type="aembedding")
     assert embedding.value.status_code == 400
