@@ -430,18 +430,20 @@ class KVCache:
         """Run `tokens` (the next ones) through the model; the logits after the last of them."""
         raise NotImplementedError
 
-    def _bind_inputs(self, binding: Any, tokens: list[int]) -> None:
+    def _bind_inputs(self, binding: Any, tokens: list[int]) -> list[np.ndarray]:
+        """Bind this step's ids, mask and positions. onnxruntime reads the arrays' memory in
+        place without holding a reference: the caller keeps the returned list until the run."""
         kinds = self.model._index_dtypes
         total = self.length + len(tokens)
-        binding.bind_cpu_input("input_ids", np.array([tokens], dtype=kinds["input_ids"]))
+        arrays = {"input_ids": np.array([tokens], dtype=kinds["input_ids"])}
         if "attention_mask" in kinds:
-            binding.bind_cpu_input(
-                "attention_mask", np.ones((1, total), dtype=kinds["attention_mask"])
-            )
+            arrays["attention_mask"] = np.ones((1, total), dtype=kinds["attention_mask"])
         if "position_ids" in kinds:
-            binding.bind_cpu_input(
-                "position_ids", np.arange(self.length, total, dtype=kinds["position_ids"])[None]
-            )
+            positions = np.arange(self.length, total, dtype=kinds["position_ids"])
+            arrays["position_ids"] = positions[None]
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
+        return list(arrays.values())
 
 
 class SharedKVCache(KVCache):
@@ -456,6 +458,15 @@ class SharedKVCache(KVCache):
         super().__init__(model)
         self.capacity = capacity
         self.binding = model.session.io_binding()
+        # Logits first: get_outputs() lists outputs in the order they were bound.
+        self.logits: Any = None
+        if model._logits_size:
+            self.logits = ort.OrtValue.ortvalue_from_shape_and_type(
+                [1, 1, model._logits_size], np.float32
+            )
+            self.binding.bind_ortvalue_output("logits", self.logits)
+        else:
+            self.binding.bind_output("logits", "cpu")
         shape = [1, model._kv_heads, capacity, model._head_dim]
         self.buffers = []
         for past, present in zip(model._past_names, model._output_names[1:], strict=True):
@@ -463,22 +474,17 @@ class SharedKVCache(KVCache):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
             self.buffers.append(buffer)
-        self.logits: Any = None
-        if model._logits_size:
-            self.logits = ort.OrtValue.ortvalue_from_shape_and_type(
-                [1, 1, model._logits_size], np.float32
-            )
-            self.binding.bind_ortvalue_output("logits", self.logits)
 
     def step(self, tokens: list[int]) -> np.ndarray:
         if self.length + len(tokens) > self.capacity:
             raise ContextWindowExceeded(
                 f"the cache holds {self.capacity} tokens; {self.length + len(tokens)} requested"
             )
-        self._bind_inputs(self.binding, tokens)
+        inputs = self._bind_inputs(self.binding, tokens)
         if self.logits is None:  # logits of every position: a new output each step
             self.binding.bind_output("logits", "cpu")
         self.model.session.run_with_iobinding(self.binding)
+        del inputs  # read by the run
         self.length += len(tokens)
         logits = self.logits if self.logits is not None else self.binding.get_outputs()[0]
         # numpy() is a view of onnxruntime's buffer, which the next step overwrites.
@@ -502,12 +508,13 @@ class ConcatKVCache(KVCache):
     def step(self, tokens: list[int]) -> np.ndarray:
         model = self.model
         binding = model.session.io_binding()
-        self._bind_inputs(binding, tokens)
+        inputs = self._bind_inputs(binding, tokens)
         for name, value in self.values.items():
             binding.bind_ortvalue_input(name, value)
         for name in model._output_names:
             binding.bind_output(name, "cpu")
         model.session.run_with_iobinding(binding)
+        del inputs  # read by the run
         outputs = binding.get_outputs()
         self.values = dict(zip(model._past_names, outputs[1:], strict=True))
         self.length += len(tokens)
