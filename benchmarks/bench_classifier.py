@@ -26,6 +26,7 @@ SENTENCE = (
     "each contract extract the dates and classify every ticket by urgency before the deadline"
 )
 WORDS = SENTENCE.split(" ")
+INSTRUCTION = "Summarise the following notes for the weekly team update."
 
 COLD_LOAD = """
 import json, sys, time
@@ -50,8 +51,11 @@ print(json.dumps({"cold_load_s": done - start, "classifier_load_s": done - packa
 
 
 def prompt(words: int, seed: int) -> str:
+    """An instruction, a blank line, then text: the classifier's costlier path (two encodes)."""
     rng = np.random.default_rng(seed)
-    return " ".join(rng.choice(WORDS, size=words))
+    instruction = INSTRUCTION.split(" ")
+    body = " ".join(rng.choice(WORDS, size=max(1, words - len(instruction))))
+    return f"{INSTRUCTION}\n\n{body}"
 
 
 def latency_ms(model: object, words: int, runs: int) -> dict[str, float]:

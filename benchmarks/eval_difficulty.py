@@ -60,8 +60,45 @@ def strong_needed_auc(model: RouterClassifier, path: Path) -> dict[str, object]:
         "label": "mean over 7-9B models of max(0, best 49-70B score - model score) >= 0.5",
         "auc_difficulty": round(roc_auc(labels, difficulty), 4),
         "auc_length": round(roc_auc(labels, length_scores(prompts)), 4),
+        "auc_benchmark_oracle": benchmark_oracle_auc(path.parent / "llmrouter_train.jsonl", rows),
+        "calibration": calibration(labels, difficulty),
         "per_task": per_task,
     }
+
+
+def benchmark_oracle_auc(train_path: Path, sample: list[dict]) -> float:
+    """AUC of a router that knows each prompt's benchmark and scores it with that benchmark's
+    strong-needed rate on the training rows: what benchmark identity alone is worth, i.e. a
+    ceiling for anything with no signal within a benchmark."""
+    held_out = {r["id"] for r in sample}
+    train = [json.loads(line) for line in train_path.read_text().split("\n") if line.strip()]
+    train = [r for r in train if r["id"] not in held_out]
+    small, strong = split_models(train[0]["scores"])
+    needed: dict[str, list[bool]] = {}
+    for row in train:
+        label = difficulty_label(row["scores"], small, strong) >= 0.5
+        needed.setdefault(row["task_name"], []).append(label)
+    labels = np.array([difficulty_label(r["scores"], small, strong) >= 0.5 for r in sample])
+    rates = np.array([np.mean(needed[r["task_name"]]) for r in sample])
+    return round(roc_auc(labels, rates), 4)
+
+
+def calibration(labels: np.ndarray, difficulty: np.ndarray) -> list[dict[str, float]]:
+    """Observed strong-needed rate per difficulty bin: is the score a usable probability?"""
+    edges = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
+    table = []
+    for low, high in zip(edges, edges[1:], strict=False):
+        mask = (difficulty >= low) & (difficulty < high)
+        if mask.any():
+            table.append(
+                {
+                    "bin": f"[{low:.1f}, {min(high, 1.0):.1f}{']' if high > 1 else ')'}",
+                    "rows": int(mask.sum()),
+                    "mean_difficulty": round(float(difficulty[mask].mean()), 3),
+                    "strong_needed_rate": round(float(labels[mask].mean()), 3),
+                }
+            )
+    return table
 
 
 def difficulty_by_task(model: RouterClassifier, path: Path, per_task: int = 150) -> dict:
@@ -144,8 +181,12 @@ def main() -> int:
     auc = report["llmrouter_strong_needed"]
     print(
         f"llmrouter_sample strong-needed AUC: difficulty {auc['auc_difficulty']}, "  # type: ignore[index]
-        f"length {auc['auc_length']}"
+        f"length {auc['auc_length']}, benchmark oracle {auc['auc_benchmark_oracle']}"
     )  # type: ignore[index]
+    for row in auc["calibration"]:  # type: ignore[index]
+        print(
+            f"  difficulty {row['bin']}: {row['rows']} rows, strong needed {row['strong_needed_rate']}"
+        )
     for name in ("routellm_sample", "llmrouter_sample"):
         for router, numbers in report[name]["routers"].items():  # type: ignore[index]
             print(f"{name:17s} {router:10s} " + "  ".join(f"{k}={v}" for k, v in numbers.items()))

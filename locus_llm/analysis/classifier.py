@@ -29,6 +29,12 @@ from locus_llm.profile import TaskEstimate
 MODEL_FILES = ("model.onnx", "tokenizer.json", "labels.json")
 PACKAGED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "router"
 LABELS_FORMAT = 1
+# [SEP] in the MiniLM vocabulary: put between a prompt's instruction and its reference text, so
+# the graph can pool them apart (models whose labels.json says "split_context": true).
+SEPARATOR_ID = 102
+# "Instruction: text" on one line counts as a split when the opening is short and the text long.
+COLON_OPENING_WORDS = 16
+COLON_TEXT_WORDS = 16
 
 
 class ClassifierLoadError(AnalysisError, ValueError):
@@ -51,6 +57,7 @@ class Window:
     head: int = 192
     tail: int = 64
     max_chars: int = 2048
+    split_context: int = 0  # 1: instruction, [SEP], reference text (see instruction_and_context)
 
     def clip_text(self, text: str) -> str:
         if len(text) <= self.max_chars:
@@ -65,7 +72,50 @@ class Window:
         return ids[: self.head] + ids[len(ids) - self.tail :]
 
     def to_json(self) -> dict[str, int]:
-        return {"head": self.head, "tail": self.tail, "max_chars": self.max_chars}
+        return {
+            "head": self.head,
+            "tail": self.tail,
+            "max_chars": self.max_chars,
+            "split_context": self.split_context,
+        }
+
+
+def instruction_and_context(text: str) -> tuple[str, str]:
+    """A prompt's instruction and its reference text (a pasted text), if it has one.
+
+    The split is the first blank line (how instruction datasets and most chat users join a
+    request to its text), else the first line break, else a colon closing a short opening
+    ("Please summarize this article: …") before a longer text; otherwise it is all instruction.
+    """
+    text = text.strip()
+    for separator in ("\n\n", "\n"):
+        instruction, found, context = text.partition(separator)
+        if found and context.strip():
+            return instruction.strip(), context.strip()
+    opening, found, rest = text.partition(": ")
+    if (
+        found
+        and len(opening.split()) <= COLON_OPENING_WORDS
+        and len(rest.split()) >= COLON_TEXT_WORDS
+    ):
+        return opening.strip(), rest.strip()
+    return text, ""
+
+
+def window_token_ids(tokenizer: Any, window: Window, text: str) -> list[int]:
+    """The ids a model reads (special tokens dropped; training uses this same function).
+
+    With `split_context`, the instruction and the reference text are encoded apart and joined
+    by [SEP]; then the head and tail of a long prompt are kept.
+    """
+    clipped = window.clip_text(text)
+    if not window.split_context:
+        return window.clip_ids(tokenizer.encode(clipped, add_special_tokens=False).ids)
+    instruction, context = instruction_and_context(clipped)
+    ids = tokenizer.encode(instruction, add_special_tokens=False).ids
+    if context:
+        ids += [SEPARATOR_ID, *tokenizer.encode(context, add_special_tokens=False).ids]
+    return window.clip_ids(ids)
 
 
 def read_labels(path: Path) -> tuple[list[str], Window]:
@@ -160,9 +210,8 @@ class RouterClassifier:
         return cls(session, tokenizer, tasks, window)
 
     def token_ids(self, text: str) -> list[int]:
-        """The ids the model reads: special tokens dropped, head and tail of a long prompt."""
-        ids = self._tokenizer.encode(self.window.clip_text(text), add_special_tokens=False).ids
-        return self.window.clip_ids(ids)
+        """The ids the model reads: see `window_token_ids`."""
+        return window_token_ids(self._tokenizer, self.window, text)
 
     def classify(self, text: str) -> TaskEstimate:
         ids = self.token_ids(text)

@@ -35,17 +35,27 @@ import numpy as np
 from locus_llm.analysis.classifier import (
     LABELS_FORMAT,
     PACKAGED_MODEL_DIR,
+    SEPARATOR_ID,
     RouterClassifier,
     Window,
+    window_token_ids,
 )
 from locus_llm.errors import LocusError
 
 SHARED_DATA_ENV = "LOCUS_SHARED_DATA"
-DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the repo
+DEFAULT_SHARED_DATA = (
+    Path(__file__).resolve().parents[3] / "shared" / "data"
+)  # ../shared beside the repo
 PAD_ID = 0
-# The opening tokens are pooled on their own too: that is where the instruction usually is, and
-# it tells "summarise this" from "answer from this" when a long context dominates the window.
-INSTRUCTION_TOKENS = 24
+# Pooled on their own: a request's opening words ("Summarize", "Extract", "Write a"), the
+# window's first tokens (a question's opening, whatever its layout), and the closing tokens (an
+# instruction after a pasted text).
+OPENING_TOKENS = 8
+OPENING_WINDOW_TOKENS = 24
+TAIL_TOKENS = 16
+# The difficulty memory compares prompts by the first two spans (whole window, its first 24
+# tokens): on the dev samples the other spans made the neighbours worse (MODEL_CARD.md).
+SIMILARITY_COLUMNS = 2
 # LLMRouter benchmarks that are plainly one of our task types; the others (multiple-choice
 # quizzes, logic grids, commongen) only teach difficulty.
 LLMROUTER_TASKS = {
@@ -86,7 +96,7 @@ class TrainConfig:
     neighbours: int = 30
     dev_percent: int = 15
     batch: int = 512
-    window: Window = field(default_factory=Window)
+    window: Window = field(default_factory=lambda: Window(split_context=1))
 
 
 # ---------------------------------------------------------------- data
@@ -267,7 +277,8 @@ def read_packaged_table(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     if not path.is_file():
         raise TrainingError(f"base model missing: {path}")
     graph = onnx.load(str(path)).graph
-    found = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # The exporter may prefix buffer names with the submodule ("features.token_table").
+    found = {i.name.rsplit(".", 1)[-1]: numpy_helper.to_array(i) for i in graph.initializer}
     try:
         return found["token_table"], found["token_scale"], found["token_weight"]
     except KeyError as exc:
@@ -284,25 +295,77 @@ def idf_weights(token_lists: Sequence[Sequence[int]], vocab: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def pooled_features(
-    token_lists: Sequence[Sequence[int]],
-    table: np.ndarray,
-    scale: np.ndarray,
-    weight: np.ndarray,
+def feature_module(torch: Any, table: np.ndarray, scale: np.ndarray, weight: np.ndarray) -> Any:
+    """The prompt vector, as a torch module: used to compute the training features and, the
+    same module, inside the exported graph (so training and run time cannot disagree).
+
+    From the token ids of the window (instruction, [SEP], reference text — see
+    `RouterClassifier.token_ids`) it pools IDF-weighted means of the token-table rows over six
+    spans — the whole window, its first OPENING_WINDOW_TOKENS, the instruction, the
+    instruction's first OPENING_TOKENS, the reference text, the last TAIL_TOKENS — and adds log
+    token counts of instruction and text and whether there is a text. Which span a word sits in
+    is what separates "summarise this" from "answer from this" from an open question; a single
+    mean over everything blurs it.
+    """
+
+    class PromptFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("token_table", torch.tensor(table))
+            self.register_buffer("token_scale", torch.tensor(scale))
+            self.register_buffer("token_weight", torch.tensor(weight))
+
+        def forward(self, input_ids: Any) -> Any:
+            present = (input_ids != PAD_ID).float()
+            separator = (input_ids == SEPARATOR_ID).float()
+            after = torch.cumsum(separator, 1)
+            instruction = present * (after == 0).float()
+            context = present * (after > 0).float() * (1.0 - separator)
+            position = torch.cumsum(torch.ones_like(present), 1) - 1.0
+            count = present.sum(1, keepdim=True)
+            words = present * (1.0 - separator)
+            spans = torch.stack(
+                [
+                    words,  # the whole window
+                    words * (torch.cumsum(words, 1) <= OPENING_WINDOW_TOKENS).float(),
+                    instruction,
+                    instruction * (position < OPENING_TOKENS).float(),
+                    context,
+                    present * (position >= count - TAIL_TOKENS).float(),
+                ],
+                1,
+            ) * self.token_weight[input_ids].unsqueeze(1)  # [batch, spans, tokens]
+            rows = self.token_table[input_ids].float() * self.token_scale[input_ids].unsqueeze(-1)
+            pooled = torch.bmm(spans, rows) / spans.sum(2, keepdim=True).clamp_min(1e-6)
+            instruction_count = instruction.sum(1, keepdim=True)
+            context_count = context.sum(1, keepdim=True)
+            scalars = torch.cat(
+                [
+                    torch.log1p(instruction_count),
+                    torch.log1p(context_count),
+                    (context_count > 0).float(),
+                ],
+                1,
+            )
+            return torch.cat([pooled.flatten(1), scalars], 1)
+
+    return PromptFeatures().eval()
+
+
+def prompt_features(
+    torch: Any, features: Any, token_lists: Sequence[Sequence[int]], batch: int = 256
 ) -> np.ndarray:
-    """The same vector the ONNX graph computes: weighted mean of the rows of the whole window,
-    of its first INSTRUCTION_TOKENS (where the request usually is), and log(1 + tokens)."""
-    width = table.shape[1]
-    out = np.zeros((len(token_lists), 2 * width + 1), dtype=np.float32)
-    for i, ids in enumerate(token_lists):
-        ids_array = np.asarray(ids if len(ids) else [PAD_ID], dtype=np.int64)
-        rows = table[ids_array].astype(np.float32) * scale[ids_array, None]
-        w = weight[ids_array] * (ids_array != PAD_ID)
-        out[i, :width] = (rows * w[:, None]).sum(0) / max(float(w.sum()), 1e-6)
-        head, head_w = rows[:INSTRUCTION_TOKENS], w[:INSTRUCTION_TOKENS]
-        out[i, width:-1] = (head * head_w[:, None]).sum(0) / max(float(head_w.sum()), 1e-6)
-        out[i, -1] = np.log1p(float((ids_array != PAD_ID).sum()))
-    return out
+    """Run the feature module over many prompts (right-padded batches; PAD is masked out)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(token_lists), batch):
+            chunk = [list(ids) or [PAD_ID] for ids in token_lists[start : start + batch]]
+            width = max(len(ids) for ids in chunk)
+            padded = np.zeros((len(chunk), width), dtype=np.int64)
+            for i, ids in enumerate(chunk):
+                padded[i, : len(ids)] = ids
+            out.append(features(torch.from_numpy(padded)).numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 # ---------------------------------------------------------------- metrics
@@ -365,8 +428,11 @@ class DifficultyMemory:
     spread: np.ndarray  # [d]
 
     @classmethod
-    def build(cls, features: np.ndarray, labels: np.ndarray, k: int) -> DifficultyMemory:
-        pooled = features[:, :-1]  # the length column is not a similarity cue
+    def build(
+        cls, features: np.ndarray, labels: np.ndarray, k: int, columns: int
+    ) -> DifficultyMemory:
+        """`columns`: the leading feature columns compared (pooled means, not the counts)."""
+        pooled = features[:, :columns]
         center = pooled.mean(0)
         spread = pooled.std(0) + 1e-3
         vectors = _unit_rows((pooled - center) / spread)
@@ -374,7 +440,7 @@ class DifficultyMemory:
         return cls(vectors, values, max(1, min(k, len(labels))), center, spread)
 
     def query(self, features: np.ndarray) -> np.ndarray:
-        return _unit_rows((features[:, :-1] - self.center) / self.spread)
+        return _unit_rows((features[:, : len(self.center)] - self.center) / self.spread)
 
     def difficulty(self, features: np.ndarray) -> np.ndarray:
         similarity = self.query(features) @ self.vectors.T
@@ -428,9 +494,7 @@ def _train_head(
 def _export(
     torch: Any,
     path: Path,
-    table: np.ndarray,
-    scale: np.ndarray,
-    weight: np.ndarray,
+    features: Any,
     mean: np.ndarray,
     std: np.ndarray,
     task_head: Any,
@@ -439,9 +503,7 @@ def _export(
     class RouterGraph(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.register_buffer("token_table", torch.tensor(table))
-            self.register_buffer("token_scale", torch.tensor(scale))
-            self.register_buffer("token_weight", torch.tensor(weight))
+            self.features = features
             self.register_buffer("feature_mean", torch.tensor(mean))
             self.register_buffer("feature_std", torch.tensor(std))
             self.task_head = task_head
@@ -451,19 +513,10 @@ def _export(
             self.register_buffer("memory_spread", torch.tensor(memory.spread))
 
         def forward(self, input_ids: Any) -> tuple[Any, Any]:
-            present = (input_ids != PAD_ID).float()
-            rows = self.token_table[input_ids].float() * self.token_scale[input_ids].unsqueeze(-1)
-            w = self.token_weight[input_ids] * present
-            weighted = rows * w.unsqueeze(-1)
-            pooled = weighted.sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
-            head_w = w[:, :INSTRUCTION_TOKENS]
-            head = weighted[:, :INSTRUCTION_TOKENS].sum(1) / head_w.sum(1, keepdim=True).clamp_min(
-                1e-6
-            )
-            length = torch.log1p(present.sum(1, keepdim=True))
-            x = (torch.cat([pooled, head, length], 1) - self.feature_mean) / self.feature_std
+            x = (self.features(input_ids) - self.feature_mean) / self.feature_std
             task_probs = torch.softmax(self.task_head(x), dim=-1)
-            centred = (x[:, :-1] - self.memory_center) / self.memory_spread
+            columns = self.memory_center.shape[0]
+            centred = (x[:, :columns] - self.memory_center) / self.memory_spread
             query = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-6)
             nearest = torch.topk(query @ self.memory_vectors.T, memory.k, dim=1).indices
             difficulty = self.memory_values[nearest].mean(1)
@@ -527,16 +580,14 @@ def train_router(
     tokenizer.no_padding()
 
     window = config.window
-    encoded = tokenizer.encode_batch(
-        [window.clip_text(e.text) for e in examples], add_special_tokens=False
-    )
-    token_lists = [window.clip_ids(e.ids) for e in encoded]
+    token_lists = [window_token_ids(tokenizer, window, e.text) for e in examples]
     dev = np.array([in_dev(e, config.dev_percent) for e in examples])
     if weight is None:  # fresh table: weights from the training split's token statistics
         weight = idf_weights(
             [t for t, d in zip(token_lists, dev, strict=True) if not d], len(table)
         )
-    features = pooled_features(token_lists, table, scale, weight)
+    feature_graph = feature_module(torch, table, scale, weight)
+    features = prompt_features(torch, feature_graph, token_lists)
     mean = features[~dev].mean(0) if (~dev).any() else features.mean(0)
     std = (features[~dev].std(0) if (~dev).any() else features.std(0)) + 1e-6
     features = ((features - mean) / std).astype(np.float32)
@@ -568,13 +619,14 @@ def train_router(
         [e.difficulty if e.difficulty is not None else 0.0 for e in examples], dtype=np.float32
     )
     difficulty_rows = has_difficulty & ~dev
+    columns = SIMILARITY_COLUMNS * table.shape[1]
     if difficulty_rows.any():
         memory = DifficultyMemory.build(
-            features[difficulty_rows], difficulty_y[difficulty_rows], config.neighbours
+            features[difficulty_rows], difficulty_y[difficulty_rows], config.neighbours, columns
         )
     else:  # no scores: every prompt gets 1.0, i.e. "send to the strong side"
         log("no per-model scores: difficulty is 1.0 for every prompt")
-        memory = DifficultyMemory.build(features[:1], np.ones(1, dtype=np.float32), 1)
+        memory = DifficultyMemory.build(features[:1], np.ones(1, dtype=np.float32), 1, columns)
 
     metrics = _dev_metrics(
         torch,
@@ -589,7 +641,7 @@ def train_router(
         memory,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _export(torch, out_dir / "model.onnx", table, scale, weight, mean, std, task_head, memory)
+    _export(torch, out_dir / "model.onnx", feature_graph, mean, std, task_head, memory)
     shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
     labels = {"format": LABELS_FORMAT, "tasks": tasks, "window": window.to_json()}
     (out_dir / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
@@ -604,8 +656,34 @@ def train_router(
         }
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    RouterClassifier.load(out_dir)  # refuse to report success on a model that does not load
+    _check_export(torch, out_dir, examples, features, task_head, memory)
     return metrics
+
+
+def _check_export(
+    torch: Any,
+    out_dir: Path,
+    examples: list[Example],
+    features: np.ndarray,
+    task_head: Any,
+    memory: DifficultyMemory,
+) -> None:
+    """Refuse to report success on a model that does not load or that computes something else
+    than the trained heads did (the graph is the training module, but exporters have bugs)."""
+    model = RouterClassifier.load(out_dir)
+    rows = np.linspace(0, len(examples) - 1, min(len(examples), 32)).astype(int)
+    with torch.no_grad():
+        expected = torch.softmax(task_head(torch.tensor(features[rows])), -1).numpy()
+    expected_difficulty = memory.difficulty(features[rows])
+    for row, probs, difficulty in zip(rows, expected, expected_difficulty, strict=True):
+        estimate = model.classify(examples[row].text)
+        got = np.array([estimate.task_scores[t] for t in model.tasks])
+        if np.abs(got - probs).max() > 1e-3 or abs(estimate.difficulty - difficulty) > 0.05:
+            raise TrainingError(
+                f"exported model disagrees with training on example {row}: task scores "
+                f"{got.round(4).tolist()} vs {probs.round(4).tolist()}, difficulty "
+                f"{estimate.difficulty:.3f} vs {difficulty:.3f}"
+            )
 
 
 def _dev_metrics(
