@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install --upgrade pip
   extras=""
   if [ "$kind" = test ]; then
-    extras="[dev]"
+    extras="[dev,proxy]"
     # Reference models in tests (transformers' generate) need torch: the CPU build from this
     # machine's disk, installed first so nothing in the dev extra pulls a CUDA build instead.
     "${pip[@]}" install torch==2.13.0

@@ -56,7 +56,10 @@ def test_runner_reports_a_failing_rego_test(bundle: Path):
 
 def test_policy_test_command_exit_codes(bundle: Path, capsys):
     assert main(["policy", "test", str(bundle)]) == 0
-    assert "PASS: 16/16" in capsys.readouterr().out
+    # every `test_` rule of the bundle's test files ran and passed
+    n = sum(f.read_text().count("\ntest_") for f in bundle.glob("*_test.rego"))
+    assert n >= 16
+    assert f"PASS: {n}/{n}" in capsys.readouterr().out
     (bundle / "bad_test.rego").write_text(
         "package locus.routing\nimport rego.v1\ntest_bad if { 1 == 2 }\n")
     assert main(["policy", "test", str(bundle)]) == 1
