@@ -12,8 +12,10 @@ import pytest
 
 from locus_llm.analysis.classifier import (
     MODEL_FILES,
+    SEPARATOR_ID,
     ClassifierLoadError,
     RouterClassifier,
+    instruction_and_context,
     packaged_model_dir,
 )
 from locus_llm.analysis.train import (
@@ -43,6 +45,11 @@ UNAMBIGUOUS = {
         "joined by Maria Garcia and the keynote speaker, David Okafor."
     ),
 }
+PASSAGE = (
+    "Acme Robotics was founded in 1998 by Jane Ortiz and Samuel Lee in Portland, Oregon. The "
+    "company first built warehouse conveyors and later moved into autonomous forklifts, which now "
+    "make up most of its revenue. It employs about 1,200 people across three countries."
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +90,37 @@ def test_long_prompt_reads_head_and_tail_only(shipped: RouterClassifier) -> None
     tail_words = shipped._tokenizer.decode(ids[-window.tail :])
     assert "summarize it briefly" in tail_words
     assert shipped.classify(body * 3).task in shipped.tasks  # 5,000+ words: still answers
+
+
+def test_instruction_and_reference_text_are_read_apart(shipped: RouterClassifier) -> None:
+    assert instruction_and_context("  Who won?\n\nThe final.\n\nMore text. ") == (
+        "Who won?",
+        "The final.\n\nMore text.",
+    )
+    assert instruction_and_context("Summarize this:\nThe final.") == (
+        "Summarize this:",
+        "The final.",
+    )
+    assert instruction_and_context("Please summarize this article: " + PASSAGE) == (
+        "Please summarize this article",
+        PASSAGE,
+    )
+    math = UNAMBIGUOUS["math"]  # sentences without a line break or an opening colon: no split
+    assert instruction_and_context(math) == (math, "")
+    assert instruction_and_context("Note: call me.") == ("Note: call me.", "")
+    assert shipped.window.split_context
+    question = shipped.token_ids("Who founded the company?")
+    with_text = shipped.token_ids("Who founded the company?\n\n" + PASSAGE)
+    assert SEPARATOR_ID not in question
+    assert with_text[: len(question)] == question and with_text[len(question)] == SEPARATOR_ID
+    assert with_text.count(SEPARATOR_ID) == 1
+
+
+def test_a_question_over_a_given_text_is_not_an_open_question(shipped: RouterClassifier) -> None:
+    # The same words with and without a reference text: only the split tells them apart.
+    assert shipped.classify("Who founded the company?").task == "open_qa"
+    over_text = shipped.classify("Who founded the company?\n\n" + PASSAGE).task
+    assert over_text in {"closed_qa", "information_extraction", "summarization"}
 
 
 def test_empty_prompt_still_gets_an_estimate(shipped: RouterClassifier) -> None:
@@ -130,6 +168,21 @@ def test_labels_that_do_not_match_the_graph_are_refused(tmp_path: Path) -> None:
     (model / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(ClassifierLoadError, match="labels.json"):
         RouterClassifier.load(model)
+
+
+def test_analyzer_falls_back_to_unknown_task_on_a_corrupt_model(tmp_path: Path) -> None:
+    from locus_llm.analysis import Analyzer
+    from locus_llm.profile import UNKNOWN_TASK, RoutingContext
+
+    model = _copy_model(tmp_path)
+    (model / "model.onnx").write_bytes(b"\x08\x07not a graph")
+    profile = Analyzer(classifier_path=model).analyze(
+        [{"role": "user", "content": "Write a Python function that reverses a list."}],
+        RoutingContext(),
+    )
+    assert profile.task == UNKNOWN_TASK.task and profile.difficulty == 1.0
+    assert profile.task_scores == {}
+    assert any("model.onnx" in error for error in profile.errors), profile.errors
 
 
 # ---------------------------------------------------------------- training
