@@ -323,6 +323,23 @@ def test_raising_the_threshold_never_adds_strong_calls() -> None:
     assert curve.strong_share[0] == 0.0 and curve.strong_share[-1] == 1.0
 
 
+def test_the_shipped_difficulty_is_a_monotone_threshold_knob(shipped: RouterClassifier) -> None:
+    prompts = [
+        *UNAMBIGUOUS.values(),
+        PASSAGE,
+        "Who founded the company?",
+        "Prove that 17 is prime.",
+    ]
+    difficulty = {p: shipped.classify(p).difficulty for p in prompts}
+    assert difficulty == {p: shipped.classify(p).difficulty for p in prompts}  # deterministic
+    strong_sets = [{p for p, d in difficulty.items() if d >= t} for t in np.linspace(0, 1, 21)]
+    assert strong_sets[0] == set(prompts)
+    assert all(
+        later <= earlier for earlier, later in zip(strong_sets, strong_sets[1:], strict=False)
+    )
+    assert len({len(s) for s in strong_sets}) > 2  # the knob actually moves across the range
+
+
 def test_evaluation_input_errors_name_the_file(tmp_path: Path) -> None:
     from locus_llm.evaluation import EvaluationError
 
