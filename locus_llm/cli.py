@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="show where a prompt would run, and why (nothing is sent)")
     _add_request_options(route)
     route.add_argument("--json", action="store_true", help="print the decision as JSON")
+    route.add_argument("--server", metavar="URL",
+                       help="ask a running gateway (locus serve --config) instead of deciding here")
+    route.add_argument("--api-key-env", metavar="VAR",
+                       help="with --server: the environment variable holding the gateway's API key")
     route.add_argument("prompt", help="the prompt ('-' reads stdin)")
     route.set_defaults(handler=cmd_route)
 
@@ -138,9 +142,14 @@ def _prompt(value: str) -> str:
 # --- route ----------------------------------------------------------------------------------
 
 def cmd_route(args: argparse.Namespace) -> int:
-    router = _router(args)
-    decision = router.route([{"role": "user", "content": _prompt(args.prompt)}], _context(args))
-    data = decision.to_dict()
+    messages = [{"role": "user", "content": _prompt(args.prompt)}]
+    if args.server:  # a running gateway decides (POST /v1/route): same dict, same table
+        from locus_llm.gateway import route_remotely
+
+        api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+        data = route_remotely(args.server, messages, _context(args), api_key=api_key)
+    else:
+        data = _router(args).route(messages, _context(args)).to_dict()
     if args.json:
         print(json.dumps({k: data[k] for k in ("locus", "zone", "allowed", "denied", "profile",
                                                 "scores", "policy_revision", "plan",

@@ -201,6 +201,12 @@ def test_route_endpoint_answers_what_locus_route_json_prints(
         url, [{"role": "user", "content": prompt}], {"tenant": "acme", "user": None}
     )
     assert through_client["locus"] == remote["locus"]
+    assert main(["route", "--json", "--server", url, prompt]) == 0  # the CLI, through the gateway
+    through_cli = json.loads(capsys.readouterr().out)
+    assert set(through_cli) == set(ROUTE_FIELDS)
+    assert through_cli["plan"] == remote["plan"]
+    assert main(["route", "--server", url, prompt]) == 0
+    assert "CHOSEN" in capsys.readouterr().out
     with pytest.raises(LocusError, match=r"/v1/route: HTTP 400: 'messages' \(or 'prompt'\)"):
         route_remotely(url, None)
 
