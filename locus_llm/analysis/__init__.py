@@ -66,10 +66,15 @@ class Detector(Protocol):
 class Analyzer:
     """Builds RequestProfiles. Thread-safe; the models load once, on first use or `warm()`."""
 
-    def __init__(self, *, classifier_path: Path | None = None,
-                 sensitivity: dict[str, Any] | None = None,
-                 classifier: Classifier | None = None, detector: Detector | None = None,
-                 tokens_out_default: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        classifier_path: Path | None = None,
+        sensitivity: dict[str, Any] | None = None,
+        classifier: Classifier | None = None,
+        detector: Detector | None = None,
+        tokens_out_default: int = 256,
+    ) -> None:
         self.classifier_path = classifier_path
         self.sensitivity = sensitivity or {}
         self.tokens_out_default = tokens_out_default
@@ -83,8 +88,14 @@ class Analyzer:
         self._get_classifier()
         self._get_detector()
 
-    def analyze(self, messages: list[dict[str, Any]], context: RoutingContext,
-                *, max_tokens: int | None = None, tools: list[Any] | None = None) -> RequestProfile:
+    def analyze(
+        self,
+        messages: list[dict[str, Any]],
+        context: RoutingContext,
+        *,
+        max_tokens: int | None = None,
+        tools: list[Any] | None = None,
+    ) -> RequestProfile:
         timings: dict[str, float] = {}
         errors: list[str] = []
         flags: list[str] = []
@@ -113,8 +124,9 @@ class Analyzer:
             try:
                 for index, message in enumerate(messages):
                     for entity in detector.detect(message_text(message)):
-                        entities.append(Entity(entity.type, entity.start, entity.end,
-                                               entity.score, index))
+                        entities.append(
+                            Entity(entity.type, entity.start, entity.end, entity.score, index)
+                        )
                 data_class = detector.data_class(entities)
             except Exception as exc:  # fail closed: unseen data is treated as the most sensitive
                 errors.append(f"sensitivity: {type(exc).__name__}: {exc}")
@@ -150,8 +162,11 @@ class Analyzer:
                         self._classifier = RouterClassifier.load(self.classifier_path)
                     except Exception as exc:
                         self._classifier_error = f"{type(exc).__name__}: {exc}"
-                        log.error("router classifier unavailable, using 'unknown task, "
-                                  "difficulty 1.0': %s", self._classifier_error)
+                        log.error(
+                            "router classifier unavailable, using 'unknown task, "
+                            "difficulty 1.0': %s",
+                            self._classifier_error,
+                        )
         return self._classifier
 
     def _get_detector(self) -> Detector | None:
@@ -169,6 +184,8 @@ class Analyzer:
                             self._detector = SensitivityDetector(config)
                     except Exception as exc:
                         self._detector_error = f"{type(exc).__name__}: {exc}"
-                        log.error("sensitivity detector unavailable, every request is "
-                                  "RESTRICTED: %s", self._detector_error)
+                        log.error(
+                            "sensitivity detector unavailable, every request is RESTRICTED: %s",
+                            self._detector_error,
+                        )
         return self._detector
