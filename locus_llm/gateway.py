@@ -51,7 +51,6 @@ from locus_llm.errors import (
 from locus_llm.profile import RoutingContext
 from locus_llm.router import Router
 from locus_llm.server import (
-    RETRY_AFTER_SECONDS,
     RequestError,
     _check_api_key,
     _http_error,
@@ -60,6 +59,7 @@ from locus_llm.server import (
     _QuietServer,
     _read_body,
     _unexpected_error,
+    busy,
     error_response,
 )
 
@@ -264,14 +264,7 @@ class Admission:
     @contextlib.contextmanager
     def admit(self) -> Any:
         if self.inflight >= self.limit:
-            raise RequestError(
-                429,
-                f"The gateway is busy ({self.inflight} calls in flight); "
-                f"retry after {RETRY_AFTER_SECONDS} s.",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            raise busy(f"{self.inflight} calls in flight")
         self.inflight += 1
         try:
             yield

@@ -378,6 +378,17 @@ def generation_error(error: BaseException, *, started: bool) -> RequestError:
 # --- generation in worker threads -------------------------------------------------------------
 
 
+def busy(what: str) -> RequestError:
+    """429 with Retry-After: OpenAI clients back off and retry."""
+    return RequestError(
+        429,
+        f"The server is busy ({what}); retry after {RETRY_AFTER_SECONDS} s.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 class Generations:
     """Admission (bounded running + bounded waiting) and the worker threads that run the models.
 
@@ -398,14 +409,7 @@ class Generations:
     async def admit(self) -> None:
         """Wait for a slot, or raise 429 when the queue is full."""
         if self._slots.locked() and self._waiting >= self.max_queue:
-            raise RequestError(
-                429,
-                f"The server is busy ({self.running} generations running, "
-                f"{self._waiting} waiting); retry after {RETRY_AFTER_SECONDS} s.",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            raise busy(f"{self.running} generations running, {self._waiting} waiting")
         self._waiting += 1
         try:
             await self._slots.acquire()

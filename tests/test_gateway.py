@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,30 @@ def test_serve_refuses_local_models_and_the_router_together():
     args = parser.parse_args(["serve", "--config", "/no/such/router.yaml"])
     with pytest.raises(ConfigError, match="config file not found"):
         args.handler(args)
+
+
+def test_calls_past_max_inflight_get_429_with_retry_after(make_router, server: FaultServer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fault_server import hang
+
+    server.script("rack", [hang()])  # holds the only slot until the locus times out
+    router = make_router([locus_spec("rack", "onprem", server, timeout_s=2.0, max_retries=0)])
+    with ServerThread(create_gateway(router, max_inflight=1, warm=False)) as url:
+        body = {"model": "auto", "messages": MESSAGES}
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, f"{url}/v1/chat/completions", json=body)
+            for _ in range(200):  # until the first call has reached the locus
+                if server.requests:
+                    break
+                time.sleep(0.01)
+            refused = post(f"{url}/v1/chat/completions", json=body)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            error = refused.json()["error"]
+            assert error["code"] == "rate_limit_exceeded"
+            assert "1 calls in flight" in error["message"]
+            assert held.result().status_code == 502  # the hung locus failed: the slot frees
+        server.script("rack", [ok("free again")])
+        again = post(f"{url}/v1/chat/completions", json=body)
+        assert again.status_code == 200, again.text
