@@ -8,11 +8,17 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from locus_llm.analysis.recognizers import abn_valid, acn_valid, medicare_valid, tfn_valid
-from locus_llm.analysis.sensitivity import SensitivityConfig, SensitivityDetector
+from locus_llm.analysis.sensitivity import (
+    SensitivityConfig,
+    SensitivityDetector,
+    resolve_overlaps,
+    without_label_words,
+)
 from locus_llm.profile import DataClass, Entity
 
 AU_TYPES = {"AU_TFN", "AU_ABN", "AU_ACN", "AU_MEDICARE"}
@@ -291,6 +297,99 @@ def test_contact_details_are_confidential(detector: SensitivityDetector) -> None
     assert values.get("EMAIL_ADDRESS") == ["jane.citizen@example.com.au"]
     assert values.get("PHONE_NUMBER") == ["+61 412 345 678"]
     assert detector.data_class(detector.detect(text)) is DataClass.CONFIDENTIAL
+
+
+@pytest.mark.parametrize(
+    ("line", "phone"),
+    [
+        ("416 60 039 office", "416 60 039"),
+        ("(37) 788-063-Office", "(37) 788-063"),
+        ("3660170548-Fax", "3660170548"),
+        ("02 9999 1234 (mobile)", "02 9999 1234"),
+        ("781 1704 home", "781 1704"),
+    ],
+)
+def test_phone_labelled_after_the_number_is_found(
+    patterns_only: SensitivityDetector, line: str, phone: str
+) -> None:
+    """Signatures and contact lists put the label after the number, in formats no national
+    phone pattern knows."""
+    assert found(patterns_only, f"Kind regards\nJo\n{line}\n").get("PHONE_NUMBER") == [phone]
+
+
+@pytest.mark.parametrize(
+    ("text", "etype", "value"),
+    [
+        ("The choir was founded in 1977. It grew fast.", "DATE_TIME", "1977"),
+        ("She has lived there since 2004", "DATE_TIME", "2004"),
+        ("My birthday is on Sunday, I'll turn 40.", "AGE", "40"),
+        ("He turned 65 this year", "AGE", "65"),
+    ],
+)
+def test_bare_years_and_ages_in_words(
+    patterns_only: SensitivityDetector, text: str, etype: str, value: str
+) -> None:
+    assert value in found(patterns_only, text).get(etype, [])
+
+
+def test_numbers_that_are_not_years_or_ages(patterns_only: SensitivityDetector) -> None:
+    for text in (
+        "We sold 1977 units in 2004 stores last month",  # "in 2004 stores" is a count
+        "Turn 3 pages back and read the 2001st entry",
+        "Flight 1977 leaves in 20 minutes",
+    ):
+        values = found(patterns_only, text)
+        assert "AGE" not in values, text
+        assert values.get("DATE_TIME", []) in ([], ["2004"]), text
+
+
+def test_model_date_runs_over_the_whole_clock_time() -> None:
+    from locus_llm.analysis.ner import tidy
+
+    text = "Date: 1978-04-13 12:20:39\nName: Jo"
+    cut = ("DATE_TIME", 6, text.index("39"), 0.9)  # the model stopped at a colon
+    assert [text[a:b] for _, a, b, _ in tidy(text, cut, True)] == ["1978-04-13 12:20:39"]
+
+
+def _result(etype: str, start: int, end: int, score: float, recognizer: str) -> Any:
+    from presidio_analyzer import RecognizerResult
+
+    return RecognizerResult(
+        etype, start, end, score, recognition_metadata={"recognizer_name": recognizer}
+    )
+
+
+def test_a_pattern_date_inside_the_model_date_yields_to_it() -> None:
+    text = "Date: 1978-04-13 12:20:39\nName: Toshimi Arata"
+    results = [
+        _result("DATE_TIME", 6, 16, 0.95, "DateRecognizer"),  # surer, but only the date
+        _result("DATE_TIME", 6, 25, 0.9, "OnnxNerRecognizer"),
+        _result("PERSON", 32, 45, 0.9, "OnnxNerRecognizer"),
+    ]
+    kept = resolve_overlaps(results, SensitivityConfig())
+    assert [(r.entity_type, text[r.start : r.end]) for r in kept] == [
+        ("DATE_TIME", "1978-04-13 12:20:39"),
+        ("PERSON", "Toshimi Arata"),
+    ]
+
+
+def test_a_label_word_is_not_a_name(detector: SensitivityDetector) -> None:
+    """A recognizer's context word ("IBAN") labels the value after it and is never a name,
+    whatever the model says (the model's results are built here: ours does not err on this)."""
+    text = "My IBAN is GB82WEST12345698765432 and I live in Perth"
+    results = [
+        _result("LOCATION", 3, 7, 0.64, "OnnxNerRecognizer"),
+        _result("LOCATION", 48, 53, 0.9, "OnnxNerRecognizer"),
+    ]
+    kept = without_label_words(text, results, detector._context_words)
+    assert [text[r.start : r.end] for r in kept] == ["Perth"]
+
+
+def test_number_with_an_unrelated_word_after_is_not_a_phone(
+    patterns_only: SensitivityDetector,
+) -> None:
+    for text in ("We shipped 416 60 039 units", "Order 3660170548 officially closed"):
+        assert "PHONE_NUMBER" not in found(patterns_only, text)
 
 
 def test_spans_are_disjoint_and_index_the_text(detector: SensitivityDetector) -> None:

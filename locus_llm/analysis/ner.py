@@ -101,6 +101,8 @@ def tidy(
     Diadema 1903"), and a name with no capital letter is dropped. Addresses may run over lines:
     they are only trimmed."""
     etype, start, end, score = span
+    if etype == "DATE_TIME":
+        return [_whole_times(text, span)]
     if etype not in ("PERSON", "ORGANIZATION", "NRP", "LOCATION"):
         return [span]
     pieces = []
@@ -140,6 +142,19 @@ def tidy(
             continue
         out.append((etype, a, b, score))
     return out
+
+
+# A clock time: the model reads "12:20:39" as pieces and may stop at a colon.
+_TIME = re.compile(r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?(?:\s?[AaPp]\.?[Mm]\b\.?)?")
+
+
+def _whole_times(text: str, span: tuple[str, int, int, float]) -> tuple[str, int, int, float]:
+    """A date or time span cut inside a clock time runs to the time's ends."""
+    etype, start, end, score = span
+    for match in _TIME.finditer(text, max(0, start - 12), min(len(text), end + 12)):
+        if match.start() < end and match.end() > start:
+            start, end = min(start, match.start()), max(end, match.end())
+    return etype, start, end, score
 
 
 class OnnxNer:

@@ -432,10 +432,18 @@ class ContextNumberRecognizer(LocalRecognizer):
         validate: Callable[[str], bool] | None = None,
         group: int = 0,
         before: int = 32,
+        labels_after: list[str] | None = None,
     ) -> None:
         self._regex = re.compile(pattern)
         # no context words: the pattern itself says what the number is ("aged 71")
         self._context = re.compile(r"(?i)\b(?:" + "|".join(context) + r")\b") if context else None
+        # a label written just after the number, as signatures and contact lists do
+        # ("416 60 039 office", "3660170548-Fax", "555 0199 (mobile)")
+        self._after = (
+            re.compile(r"(?i)[ \t]*[\-–:(]?[ \t]*(?:" + "|".join(labels_after) + r")\b")
+            if labels_after
+            else None
+        )
         self._score = score
         self._validate = validate
         self._group = group
@@ -455,8 +463,10 @@ class ContextNumberRecognizer(LocalRecognizer):
             start, end = match.span(self._group)
             if self._validate is not None and not self._validate(text[start:end]):
                 continue
-            if self._context is None or self._context.search(
-                text, max(0, match.start() - self._before), match.start()
+            if (
+                self._context is None
+                or self._context.search(text, max(0, match.start() - self._before), match.start())
+                or (self._after is not None and self._after.match(text, end))
             ):
                 results.append(
                     RecognizerResult(self.supported_entities[0], start, end, self._score)
@@ -511,6 +521,19 @@ def context_recognizers() -> list[EntityRecognizer]:
                 0.6,
                 validate=lambda v: 7 <= len(digits_of(v)) <= 15,
                 before=24,
+                labels_after=[
+                    "office",
+                    "fax",
+                    "mobile",
+                    "mob",
+                    "cell",
+                    "tel",
+                    "phone",
+                    "home",
+                    "work",
+                    "direct",
+                    "landline",
+                ],
             ),
             r"\d{3}",
         ),
@@ -530,5 +553,27 @@ def context_recognizers() -> list[EntityRecognizer]:
             [],
             0.7,
             group=1,
+        ),
+        # "I'll turn 40.", "she turned 65 this year": a number a person turns is an age when
+        # the clause ends there or a time word follows
+        ContextNumberRecognizer(
+            "AGE",
+            r"(?i)\bturn(?:s|ed|ing)?\s+(\d{1,3})\b"
+            r"(?=\s*(?:[.!?;,]|$|years?\b|this\b|next\b|last\b|today\b|tomorrow\b|on\b))",
+            [],
+            0.6,
+            group=1,
+        ),
+        # A bare year after a preposition of time ("founded in 1977", "since 2004"): a date.
+        WindowedRecognizer(
+            ContextNumberRecognizer(
+                "DATE_TIME",
+                r"(?i)\b(?:in|since|by|until|till|from|before|after|during|circa|around|year)"
+                r"\s+((?:1[5-9]|20)\d\d)\b(?![\-/.:]\d|\s?(?:st|nd|rd|th)\b)",
+                [],
+                0.6,
+                group=1,
+            ),
+            r"\d{4}",
         ),
     ]

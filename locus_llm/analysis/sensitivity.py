@@ -203,6 +203,21 @@ def resolve_overlaps(
             for p in confident
         )
     ]
+    # A pattern hit inside a model span of its own type is a piece of it: the date of
+    # "1978-04-13 12:20:39" is the model's whole date and time, not the date alone.
+    models = [r for r in results if _from_ner(r)]
+    results = [
+        r
+        for r in results
+        if _from_ner(r)
+        or not any(
+            m.entity_type == r.entity_type
+            and m.start <= r.start
+            and r.end <= m.end
+            and m.end - m.start > r.end - r.start
+            for m in models
+        )
+    ]
     kept: list[RecognizerResult] = []
     starts: list[int] = []  # kept spans are disjoint: sorted starts and their ends suffice
     ends: list[int] = []
@@ -216,6 +231,14 @@ def resolve_overlaps(
         ends.insert(i, result.end)
         kept.append(result)
     return sorted(kept, key=lambda r: r.start)
+
+
+def without_label_words(
+    text: str, results: list[RecognizerResult], words: set[str]
+) -> list[RecognizerResult]:
+    """The model's spans minus those that are a recognizer's context word ("IBAN", "SSN",
+    "TFN"): such a word labels the value after it and is no name or place."""
+    return [r for r in results if text[r.start : r.end].lower() not in words]
 
 
 def boost_by_context(
@@ -329,6 +352,10 @@ class SensitivityDetector:
     def __init__(self, config: SensitivityConfig | None = None) -> None:
         self.config = config or SensitivityConfig()
         self._analyzer, self._context = build_analyzer(self.config)
+        # context words that are also names of places or brands stay names
+        names = {"us", "united", "states", "visa", "discover", "diners", "maestro", "mastercard"}
+        names |= {"amex", "jcb", "bitcoin", "medicare"}
+        self._context_words = {w for ws in self._context.values() for w in ws} - names
         self._ner = ner_recognizer(self.config)
         # Warm up: compiles every recognizer's regexes now, not racily in the first requests.
         self.detect("Call Jane Citizen on +61 2 9999 9999 or jane@example.com, TFN 123 456 782.")
@@ -347,7 +374,7 @@ class SensitivityDetector:
         finally:
             WINDOW_CACHE.reset(token)
         if self._ner is not None:
-            results += self._ner.analyze(text, [])
+            results += without_label_words(text, self._ner.analyze(text, []), self._context_words)
         boost_by_context(text, results, self._context, self.config.context_boost)
         results = [r for r in results if r.score >= self.config.score_threshold]
         return [
