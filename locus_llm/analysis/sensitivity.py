@@ -193,31 +193,40 @@ def resolve_overlaps(
     model sees inside an e-mail address is the e-mail address."""
     # A model's span yields to a confident pattern hit it overlaps without containing: "176"
     # is not a place inside the IP address 41.176.181.243.
-    confident = [r for r in results if r.score >= 0.5 and not _from_ner(r)]
-    results = [
-        r
-        for r in results
-        if not _from_ner(r)
-        or not any(
-            p.start < r.end and p.end > r.start and not (r.start <= p.start and p.end <= r.end)
-            for p in confident
+    # (Sorted by start, a hit overlapping r starts before r.end and at most the longest hit's
+    # length before r.start: a long text's thousands of spans meet only their neighbours.)
+    confident = sorted(
+        (r for r in results if r.score >= 0.5 and not _from_ner(r)), key=lambda r: r.start
+    )
+    confident_starts = [p.start for p in confident]
+    longest = max((p.end - p.start for p in confident), default=0)
+
+    def crossed(r: RecognizerResult) -> bool:
+        low = bisect.bisect_left(confident_starts, r.start - longest)
+        high = bisect.bisect_left(confident_starts, r.end)
+        return any(
+            p.end > r.start and not (r.start <= p.start and p.end <= r.end)
+            for p in confident[low:high]
         )
-    ]
+
+    results = [r for r in results if not _from_ner(r) or not crossed(r)]
     # A pattern hit inside a model span of its own type is a piece of it: the date of
     # "1978-04-13 12:20:39" is the model's whole date and time, not the date alone.
-    models = [r for r in results if _from_ner(r)]
-    results = [
-        r
-        for r in results
-        if _from_ner(r)
-        or not any(
-            m.entity_type == r.entity_type
-            and m.start <= r.start
-            and r.end <= m.end
-            and m.end - m.start > r.end - r.start
-            for m in models
+    # The model's spans are disjoint: the one starting last at or before a hit is the only one
+    # that can contain it.
+    models = sorted((r for r in results if _from_ner(r)), key=lambda r: r.start)
+    model_starts = [m.start for m in models]
+
+    def inside_model_span(r: RecognizerResult) -> bool:
+        i = bisect.bisect_right(model_starts, r.start) - 1
+        if i < 0:
+            return False
+        m = models[i]
+        return (
+            m.entity_type == r.entity_type and r.end <= m.end and m.end - m.start > r.end - r.start
         )
-    ]
+
+    results = [r for r in results if _from_ner(r) or not inside_model_span(r)]
     kept: list[RecognizerResult] = []
     starts: list[int] = []  # kept spans are disjoint: sorted starts and their ends suffice
     ends: list[int] = []
