@@ -28,32 +28,12 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_router import FixedClassifier, NoEntities, pct  # noqa: E402
 from locus_llm.analysis import Analyzer  # noqa: E402
 from locus_llm.config import config_from_dict  # noqa: E402
-from locus_llm.profile import DataClass, TaskEstimate  # noqa: E402
 from locus_llm.router import Router  # noqa: E402
 from tests.fault_server import FaultServer, ok  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-
-
-class FixedClassifier:
-    """Analysis is excluded from this benchmark: a constant estimate stands in for the model."""
-
-    def classify(self, text: str) -> TaskEstimate:
-        return TaskEstimate("open_qa", {"open_qa": 1.0}, 0.2)
-
-
-class NoEntities:
-    def detect(self, text: str) -> list:
-        return []
-
-    def data_class(self, entities: list) -> DataClass:
-        return DataClass.PUBLIC
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
