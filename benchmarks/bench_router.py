@@ -61,8 +61,12 @@ def bench_policy(router: Router, n: int = 5000) -> dict[str, float]:
         cpu.append((time.thread_time() - start_cpu) * 1e6)
         times.append((time.perf_counter() - start) * 1e6)
     # thread CPU time as well as wall time: on a shared machine the wall clock counts waiting
-    return {"p50_us": round(pct(times, 0.5), 1), "p99_us": round(pct(times, 0.99), 1),
-            "cpu_p50_us": round(pct(cpu, 0.5), 1), "load_average_1m": os.getloadavg()[0]}
+    return {
+        "p50_us": round(pct(times, 0.5), 1),
+        "p99_us": round(pct(times, 0.99), 1),
+        "cpu_p50_us": round(pct(cpu, 0.5), 1),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def main() -> int:
@@ -74,20 +78,43 @@ def main() -> int:
     with FaultServer() as server:
         server.script("m", [ok("a short answer of a few words")])
         loci = [
-            {"name": "m", "zone": "onprem", "model": "hosted_vllm/m",
-             "api_base": server.url + "/v1", "usd_per_mtok_in": 0.1, "usd_per_mtok_out": 0.1},
-            {"name": "edge", "zone": "device", "model": "hosted_vllm/edge",
-             "api_base": server.url + "/v1", "capability": 0, "usd_per_mtok_in": 0,
-             "usd_per_mtok_out": 0},
-            {"name": "cloud", "zone": "cloud", "model": "openai/gpt-4o",
-             "api_key_env": "LOCUS_BENCH_NO_KEY"},
+            {
+                "name": "m",
+                "zone": "onprem",
+                "model": "hosted_vllm/m",
+                "api_base": server.url + "/v1",
+                "usd_per_mtok_in": 0.1,
+                "usd_per_mtok_out": 0.1,
+            },
+            {
+                "name": "edge",
+                "zone": "device",
+                "model": "hosted_vllm/edge",
+                "api_base": server.url + "/v1",
+                "capability": 0,
+                "usd_per_mtok_in": 0,
+                "usd_per_mtok_out": 0,
+            },
+            {
+                "name": "cloud",
+                "zone": "cloud",
+                "model": "openai/gpt-4o",
+                "api_key_env": "LOCUS_BENCH_NO_KEY",
+            },
         ]
-        router = Router(config_from_dict({"loci": loci}),
-                        analyzer=Analyzer(classifier=FixedClassifier(), detector=NoEntities()))
+        router = Router(
+            config_from_dict({"loci": loci}),
+            analyzer=Analyzer(classifier=FixedClassifier(), detector=NoEntities()),
+        )
         policy = bench_policy(router)
         messages = [{"role": "user", "content": "Say something short."}]
-        direct = {"model": "hosted_vllm/m", "api_base": server.url + "/v1", "max_retries": 0,
-                  "timeout": 10, "max_tokens": 16}
+        direct = {
+            "model": "hosted_vllm/m",
+            "api_base": server.url + "/v1",
+            "max_retries": 0,
+            "timeout": 10,
+            "max_tokens": 16,
+        }
         for _ in range(30):  # warm both paths: connection pools, pydantic caches
             litellm.completion(messages=messages, **direct)
             router.completion(messages, max_tokens=16)
@@ -107,8 +134,10 @@ def main() -> int:
     result = {
         "policy_eval": policy,
         "direct_litellm_ms": {"p50": round(p50_plain, 3), "p99": round(pct(plain, 0.99), 3)},
-        "router_minus_analysis_ms": {"p50": round(p50_routed, 3),
-                                     "p99": round(pct(routed, 0.99), 3)},
+        "router_minus_analysis_ms": {
+            "p50": round(p50_routed, 3),
+            "p99": round(pct(routed, 0.99), 3),
+        },
         "analysis_stub_ms_p50": round(statistics.median(analysis), 3),
         "added_ms_p50": round(p50_routed - p50_plain, 3),
         "added_ms_paired_p50": round(statistics.median(added), 3),

@@ -27,8 +27,18 @@ _EXPORTS = {
     "Router": "locus_llm.router",
 }
 __all__ = [
-    "ConfigError", "DataClass", "Decision", "DispatchError", "InvalidRequestError", "LocusConfig",
-    "LocusError", "NoAllowedLocusError", "PolicyError", "RequestProfile", "Router", "RoutingContext",
+    "ConfigError",
+    "DataClass",
+    "Decision",
+    "DispatchError",
+    "InvalidRequestError",
+    "LocusConfig",
+    "LocusError",
+    "NoAllowedLocusError",
+    "PolicyError",
+    "RequestProfile",
+    "Router",
+    "RoutingContext",
     "load_config",
 ]
 

@@ -20,8 +20,10 @@ from locus_llm.errors import LocusError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if not args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:  # dependencies' start-up chatter is not the user's business
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         for noisy in ("presidio-analyzer", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
@@ -40,24 +42,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a locus's own error type (LiteLLM's) still gets one clear line
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            file=sys.stderr,
+        )
         return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="locus", description="Decide per LLM call where inference runs, and run it there.")
+        prog="locus", description="Decide per LLM call where inference runs, and run it there."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     route = sub.add_parser("route", help="show where a prompt would run, and why (nothing is sent)")
     _add_request_options(route)
     route.add_argument("--json", action="store_true", help="print the decision as JSON")
-    route.add_argument("--server", metavar="URL",
-                       help="ask a running gateway (locus serve --config) instead of deciding here")
-    route.add_argument("--api-key-env", metavar="VAR",
-                       help="with --server: the environment variable holding the gateway's API key")
+    route.add_argument(
+        "--server",
+        metavar="URL",
+        help="ask a running gateway (locus serve --config) instead of deciding here",
+    )
+    route.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="with --server: the environment variable holding the gateway's API key",
+    )
     route.add_argument("prompt", help="the prompt ('-' reads stdin)")
     route.set_defaults(handler=cmd_route)
 
@@ -72,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="profile prompts: task, difficulty, data class")
     analyze.add_argument("--config", help="locus config file (default: LOCUS_CONFIG or built in)")
-    analyze.add_argument("--jsonl", action="store_true", required=True,
-                         help='read {"id", "prompt"} lines on stdin, write one profile per line')
+    analyze.add_argument(
+        "--jsonl",
+        action="store_true",
+        required=True,
+        help='read {"id", "prompt"} lines on stdin, write one profile per line',
+    )
     analyze.set_defaults(handler=cmd_analyze)
 
     policy = sub.add_parser("policy", help="test or evaluate a Rego policy bundle")
@@ -100,8 +115,14 @@ def _add_area_commands(sub: argparse._SubParsersAction) -> None:
     """Commands owned by other areas (models, serve, router train, eval, bench), if present."""
     import importlib
 
-    for module in ("locus_llm.local.cli", "locus_llm.server", "locus_llm.analysis.train",
-                   "locus_llm.evaluation", "locus_llm.bench", "locus_llm.deploy"):
+    for module in (
+        "locus_llm.local.cli",
+        "locus_llm.server",
+        "locus_llm.analysis.train",
+        "locus_llm.evaluation",
+        "locus_llm.bench",
+        "locus_llm.deploy",
+    ):
         try:
             area = importlib.import_module(module)
         except ImportError as exc:
@@ -118,9 +139,12 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interactive", action="store_true")
     parser.add_argument("--latency-budget-ms", type=float)
     parser.add_argument("--max-cost-usd", type=float)
-    parser.add_argument("--label", dest="data_label",
-                        help="your own data label: PUBLIC|INTERNAL|CONFIDENTIAL|RESTRICTED "
-                        "(can raise the class, never lower it)")
+    parser.add_argument(
+        "--label",
+        dest="data_label",
+        help="your own data label: PUBLIC|INTERNAL|CONFIDENTIAL|RESTRICTED "
+        "(can raise the class, never lower it)",
+    )
 
 
 def _router(args: argparse.Namespace) -> Any:
@@ -130,9 +154,14 @@ def _router(args: argparse.Namespace) -> Any:
 
 
 def _context(args: argparse.Namespace) -> dict[str, Any]:
-    return {"tenant": args.tenant, "user": args.user, "interactive": args.interactive,
-            "latency_budget_ms": args.latency_budget_ms, "max_cost_usd": args.max_cost_usd,
-            "data_label": args.data_label}
+    return {
+        "tenant": args.tenant,
+        "user": args.user,
+        "interactive": args.interactive,
+        "latency_budget_ms": args.latency_budget_ms,
+        "max_cost_usd": args.max_cost_usd,
+        "data_label": args.data_label,
+    }
 
 
 def _prompt(value: str) -> str:
@@ -140,6 +169,7 @@ def _prompt(value: str) -> str:
 
 
 # --- route ----------------------------------------------------------------------------------
+
 
 def cmd_route(args: argparse.Namespace) -> int:
     messages = [{"role": "user", "content": _prompt(args.prompt)}]
@@ -151,9 +181,26 @@ def cmd_route(args: argparse.Namespace) -> int:
     else:
         data = _router(args).route(messages, _context(args)).to_dict()
     if args.json:
-        print(json.dumps({k: data[k] for k in ("locus", "zone", "allowed", "denied", "profile",
-                                                "scores", "policy_revision", "plan",
-                                                "capability_floor", "obligations")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    k: data[k]
+                    for k in (
+                        "locus",
+                        "zone",
+                        "allowed",
+                        "denied",
+                        "profile",
+                        "scores",
+                        "policy_revision",
+                        "plan",
+                        "capability_floor",
+                        "obligations",
+                    )
+                },
+                indent=2,
+            )
+        )
         return 0
     print(render_decision(data))
     return 0
@@ -166,8 +213,11 @@ def render_decision(data: dict[str, Any]) -> str:
         f"task {profile['task']}  difficulty {profile['difficulty']:.2f}  "
         f"class {profile['data_class']}  entities {entities}  tokens in {profile['tokens_in']}",
         f"policy revision {data['policy_revision']}  capability floor {data['capability_floor']}"
-        + (f"  redact {data['obligations']['redact']} on {data['obligations']['redact_zones']}"
-           if data["obligations"]["redact"] else ""),
+        + (
+            f"  redact {data['obligations']['redact']} on {data['obligations']['redact_zones']}"
+            if data["obligations"]["redact"]
+            else ""
+        ),
         "",
         f"{'locus':<14}{'zone':<8}{'verdict':<9}{'cap':>4}{'latency ms':>12}{'cost $':>12}  why",
     ]
@@ -196,6 +246,7 @@ def render_decision(data: dict[str, Any]) -> str:
 
 # --- chat -----------------------------------------------------------------------------------
 
+
 def cmd_chat(args: argparse.Namespace) -> int:
     router = _router(args)
     messages = []
@@ -205,21 +256,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"max_tokens": args.max_tokens}
     if args.temperature is not None:
         params["temperature"] = args.temperature
-    stream = router.completion(messages, context=_context(args), locus=args.locus, stream=True,
-                               **params)
+    stream = router.completion(
+        messages, context=_context(args), locus=args.locus, stream=True, **params
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             sys.stdout.write(chunk.choices[0].delta.content)
             sys.stdout.flush()
     info = stream.locus or {}
     usage = info.get("usage") or {}
-    print(f"\n\n[{info.get('locus')} ({info.get('zone')}), {usage.get('completion_tokens', '?')} "
-          f"tokens, ${info.get('cost_usd', 0):.6f}, policy {info.get('policy_revision')}]",
-          file=sys.stderr)
+    print(
+        f"\n\n[{info.get('locus')} ({info.get('zone')}), {usage.get('completion_tokens', '?')} "
+        f"tokens, ${info.get('cost_usd', 0):.6f}, policy {info.get('policy_revision')}]",
+        file=sys.stderr,
+    )
     return 0
 
 
 # --- analyze --------------------------------------------------------------------------------
+
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     router = _router(args)
@@ -231,13 +286,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             item = json.loads(line)
             prompt = item["prompt"]
         except (ValueError, KeyError, TypeError):
-            print(f"error: stdin line {number}: expected a JSON object with 'prompt'",
-                  file=sys.stderr)
+            print(
+                f"error: stdin line {number}: expected a JSON object with 'prompt'", file=sys.stderr
+            )
             return 1
         started = time.perf_counter()
         profile = router.analyze([{"role": "user", "content": prompt}])
-        out = {"id": item.get("id", number), **profile.to_dict(),
-               "ms": round((time.perf_counter() - started) * 1000, 3)}
+        out = {
+            "id": item.get("id", number),
+            **profile.to_dict(),
+            "ms": round((time.perf_counter() - started) * 1000, 3),
+        }
         for entity in out["entities"]:
             entity.pop("message", None)
         print(json.dumps(out), flush=True)
@@ -245,6 +304,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 # --- policy ---------------------------------------------------------------------------------
+
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
     from locus_llm.config import PACKAGED_BUNDLE
@@ -255,12 +315,15 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.passed]
     for result in results:
         if not result.passed:
-            print(f"FAIL {result.file}: {result.name}" + (f": {result.error}" if result.error
-                                                         else ""))
+            print(
+                f"FAIL {result.file}: {result.name}" + (f": {result.error}" if result.error else "")
+            )
         elif args.verbose:
             print(f"PASS {result.file}: {result.name}")
-    print(f"{'-' * 40}\nPASS: {len(results) - len(failed)}/{len(results)}"
-          + (f"\nFAIL: {len(failed)}/{len(results)}" if failed else ""))
+    print(
+        f"{'-' * 40}\nPASS: {len(results) - len(failed)}/{len(results)}"
+        + (f"\nFAIL: {len(failed)}/{len(results)}" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -281,6 +344,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
 
 
 # --- demo -----------------------------------------------------------------------------------
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from locus_llm.demo import run_demo

@@ -102,7 +102,9 @@ class LocusConfig(BaseModel):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     sensitivity: dict[str, Any] = Field(default_factory=dict)  # see analysis.sensitivity
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
-    objective: Literal["cost", "latency"] = "cost"  # after the floor and the budget: what to minimise
+    objective: Literal["cost", "latency"] = (
+        "cost"  # after the floor and the budget: what to minimise
+    )
     decision_log: Path | None = None
     profiles: Path | None = None  # a `locus bench` profile file: measured numbers to start from
     allow_failover_on_content_filter: bool = False  # never shop a refused request around by default
@@ -115,8 +117,10 @@ class LocusConfig(BaseModel):
     def _state_backend(cls, state: str) -> str:
         state = state.strip()
         if state != "memory" and not state.startswith(STATE_SCHEMES):
-            raise ValueError(f"expected 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 "
-                             f"(rediss:// and unix:// too), got {state!r}")
+            raise ValueError(
+                f"expected 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 "
+                f"(rediss:// and unix:// too), got {state!r}"
+            )
         return state
 
     @field_validator("loci")
@@ -153,9 +157,17 @@ def default_config() -> LocusConfig:
     return LocusConfig(
         loci=[
             Locus(
-                name="device", zone="device", model="locus-onnx/smollm2", capability=1,
-                context_window=8192, region="local", usd_per_mtok_in=0.0, usd_per_mtok_out=0.0,
-                timeout_s=120.0, expected_ttft_ms=80.0, expected_tokens_per_s=80.0,
+                name="device",
+                zone="device",
+                model="locus-onnx/smollm2",
+                capability=1,
+                context_window=8192,
+                region="local",
+                usd_per_mtok_in=0.0,
+                usd_per_mtok_out=0.0,
+                timeout_s=120.0,
+                expected_ttft_ms=80.0,
+                expected_tokens_per_s=80.0,
             )
         ],
         local_models=["smollm2"],
@@ -194,8 +206,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<config>",
-                     base_dir: Path | None = None) -> LocusConfig:
+def config_from_dict(
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+) -> LocusConfig:
     """Validate a config mapping; relative paths are taken relative to `base_dir`."""
     try:
         config = LocusConfig.model_validate(data)

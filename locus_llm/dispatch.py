@@ -83,8 +83,14 @@ def classify_failure(exc: BaseException, *, allow_content_filter_failover: bool 
         if wait is not None and wait > MAX_RETRY_AFTER_S:
             return Failure(Action.FAILOVER, None, kind, status, message)
         return Failure(Action.RETRY, wait, kind, status, message)
-    if kind in {"InternalServerError", "ServiceUnavailableError", "BadGatewayError",
-                "APIConnectionError", "APIError", "StreamInterrupted"}:
+    if kind in {
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "BadGatewayError",
+        "APIConnectionError",
+        "APIError",
+        "StreamInterrupted",
+    }:
         return Failure(Action.RETRY, None, kind, status, message)
     # Timeouts: a silent locus is failed over rather than retried.
     # Auth, not found, bad request (e.g. a fallback rejecting a prefill) and anything else: next locus.
@@ -94,8 +100,15 @@ def classify_failure(exc: BaseException, *, allow_content_filter_failover: bool 
 def _is_refusal(text: str) -> bool:
     """Providers that LiteLLM does not map still say so in their error code or message."""
     text = text.lower()
-    return any(marker in text for marker in ("content_policy", "content_filter",
-                                             "content management policy", "safety system"))
+    return any(
+        marker in text
+        for marker in (
+            "content_policy",
+            "content_filter",
+            "content management policy",
+            "safety system",
+        )
+    )
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
@@ -137,11 +150,19 @@ class Step:
 class Run:
     """The attempts of one call, over its plan. Not shared between calls."""
 
-    def __init__(self, plan: list[Locus], messages: list[dict[str, Any]],
-                 params: dict[str, Any], *, stats: Stats, entities: list[Entity],
-                 redact: list[str], redact_zones: list[str],
-                 allow_content_filter_failover: bool = False,
-                 budget: BudgetGuard | None = None) -> None:
+    def __init__(
+        self,
+        plan: list[Locus],
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        stats: Stats,
+        entities: list[Entity],
+        redact: list[str],
+        redact_zones: list[str],
+        allow_content_filter_failover: bool = False,
+        budget: BudgetGuard | None = None,
+    ) -> None:
         self.plan = plan
         self.messages = messages
         self.params = params
@@ -185,7 +206,9 @@ class Run:
 
         Raises the original error when the failure is one that must not be retried or failed over.
         """
-        failure = classify_failure(exc, allow_content_filter_failover=self.allow_content_filter_failover)
+        failure = classify_failure(
+            exc, allow_content_filter_failover=self.allow_content_filter_failover
+        )
         self.last_error = exc
         self._record(step, "error", failure.kind, failure.message, failure.status)
         if failure.action is Action.STOP:
@@ -205,25 +228,48 @@ class Run:
         if step.first_token_at is not None:
             ttft_ms = (step.first_token_at - step.started) * 1000
         cost = cost_usd(step.locus, usage)
-        self.stats.record_success(step.locus.name, latency_ms=latency_ms, ttft_ms=ttft_ms,
-                                  tokens_out=usage.get("completion_tokens", 0), cost_usd=cost)
+        self.stats.record_success(
+            step.locus.name,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            tokens_out=usage.get("completion_tokens", 0),
+            cost_usd=cost,
+        )
         self._record(step, "ok", None, None, None)
-        return {"locus": step.locus.name, "zone": step.locus.zone, "model": step.locus.model,
-                "usage": usage, "cost_usd": cost, "latency_ms": round(latency_ms, 3)}
+        return {
+            "locus": step.locus.name,
+            "zone": step.locus.zone,
+            "model": step.locus.model,
+            "usage": usage,
+            "cost_usd": cost,
+            "latency_ms": round(latency_ms, 3),
+        }
 
     def exhausted(self) -> LocusError:
-        tried = ", ".join(f"{a['locus']}: {a.get('error_class') or a['outcome']}"
-                          for a in self.attempts) or "none"
-        if self.attempts and all(a["outcome"] == "skipped" for a in self.attempts) and any(
-                a["reason"].startswith("tenant budget") for a in self.attempts):
+        tried = (
+            ", ".join(
+                f"{a['locus']}: {a.get('error_class') or a['outcome']}" for a in self.attempts
+            )
+            or "none"
+        )
+        if (
+            self.attempts
+            and all(a["outcome"] == "skipped" for a in self.attempts)
+            and any(a["reason"].startswith("tenant budget") for a in self.attempts)
+        ):
             # nothing was sent: the tenant's money, not a locus, stopped this call
             skipped = {a["locus"]: [a["reason"]] for a in self.attempts}
             detail = "; ".join(f"{n}: {r[0]}" for n, r in skipped.items())
-            return NoAllowedLocusError(f"no locus of the plan could take this call: {detail}; "
-                                       "nothing was sent", denied=skipped)
+            return NoAllowedLocusError(
+                f"no locus of the plan could take this call: {detail}; nothing was sent",
+                denied=skipped,
+            )
         last = f"; last error: {self.last_error}" if self.last_error else ""
-        return DispatchError(f"every allowed locus failed ({tried}){last}",
-                             attempts=self.attempts, last_error=self.last_error)
+        return DispatchError(
+            f"every allowed locus failed ({tried}){last}",
+            attempts=self.attempts,
+            last_error=self.last_error,
+        )
 
     def _build(self, locus: Locus) -> Step | None:
         messages = self.messages
@@ -242,17 +288,21 @@ class Run:
         # A slow first token is a reason to fail over only when there is somewhere to go: on the
         # last locus of the plan a late answer beats no answer.
         last = self._index >= len(self.plan) - 1
-        first_timeout = locus.ttft_timeout_s if locus.ttft_timeout_s and not last else locus.timeout_s
+        first_timeout = (
+            locus.ttft_timeout_s if locus.ttft_timeout_s and not last else locus.timeout_s
+        )
         chunk_timeout = locus.stall_timeout_s or locus.timeout_s
         timeout = locus.timeout_s
         if isinstance(self.params.get("timeout"), int | float):  # the caller's timeout: a cap
             cap = float(self.params["timeout"])
-            timeout, first_timeout, chunk_timeout = (min(t, cap) for t in
-                                                     (timeout, first_timeout, chunk_timeout))
+            timeout, first_timeout, chunk_timeout = (
+                min(t, cap) for t in (timeout, first_timeout, chunk_timeout)
+            )
         if self.params.get("stream"):
             # the sync HTTP client has one read timeout for every chunk, the first included
-            timeout = min(first_timeout, chunk_timeout) if not last else max(first_timeout,
-                                                                               chunk_timeout)
+            timeout = (
+                min(first_timeout, chunk_timeout) if not last else max(first_timeout, chunk_timeout)
+            )
         params.update(timeout=timeout, max_retries=0, num_retries=0)
         if locus.api_base:
             params["api_base"] = locus.api_base
@@ -264,8 +314,9 @@ class Run:
         self.attempts.append({"locus": locus.name, "outcome": "skipped", "reason": reason})
         self._index += 1
 
-    def _record(self, step: Step, outcome: str, kind: str | None, message: str | None,
-                status: int | None) -> None:
+    def _record(
+        self, step: Step, outcome: str, kind: str | None, message: str | None, status: int | None
+    ) -> None:
         attempt: dict[str, Any] = {
             "locus": step.locus.name,
             "outcome": outcome,
@@ -279,8 +330,10 @@ class Run:
 
 
 def cost_usd(locus: Locus, usage: dict[str, int]) -> float:
-    return (usage.get("prompt_tokens", 0) * (locus.usd_per_mtok_in or 0.0)
-            + usage.get("completion_tokens", 0) * (locus.usd_per_mtok_out or 0.0)) / 1e6
+    return (
+        usage.get("prompt_tokens", 0) * (locus.usd_per_mtok_in or 0.0)
+        + usage.get("completion_tokens", 0) * (locus.usd_per_mtok_out or 0.0)
+    ) / 1e6
 
 
 def usage_of(obj: Any) -> dict[str, int]:
@@ -300,8 +353,11 @@ def restore_response(step: Step, response: Any) -> Any:
             message.content = step.vault.restore(message.content)
         if message.tool_calls:
             restored = step.vault.restore_tool_calls(
-                [call.model_dump() if hasattr(call, "model_dump") else call
-                 for call in message.tool_calls])
+                [
+                    call.model_dump() if hasattr(call, "model_dump") else call
+                    for call in message.tool_calls
+                ]
+            )
             for call, new in zip(message.tool_calls, restored, strict=True):
                 call.function.arguments = new["function"]["arguments"]
     return response
@@ -423,15 +479,19 @@ class StreamAttempt:
 
     def check_finished(self) -> None:
         if not self.finished:  # a truncated answer is never a success
-            raise StreamInterrupted(f"stream from {self.step.locus.name} ended without a "
-                                    "finish reason")
+            raise StreamInterrupted(
+                f"stream from {self.step.locus.name} ended without a finish reason"
+            )
 
     def failed_after_output(self, exc: BaseException) -> DispatchError:
         """The caller holds part of an answer: no failover can undo that, so end it clearly."""
         self.run._record(self.step, "error", type(exc).__name__, str(exc)[:500], None)
         self.run.stats.record_failure(self.step.locus.name)
-        return DispatchError(f"stream from locus {self.step.locus.name!r} failed after partial "
-                             f"output: {exc}", attempts=self.run.attempts, last_error=exc)
+        return DispatchError(
+            f"stream from locus {self.step.locus.name!r} failed after partial output: {exc}",
+            attempts=self.run.attempts,
+            last_error=exc,
+        )
 
 
 class RoutedStream:
@@ -474,8 +534,11 @@ class RoutedStream:
             raise run.exhausted()
         except BaseException as exc:
             if not done:
-                reason = exc if isinstance(exc, Exception) else DispatchError(
-                    "stream closed by the caller")
+                reason = (
+                    exc
+                    if isinstance(exc, Exception)
+                    else DispatchError("stream closed by the caller")
+                )
                 self.locus = finish(run, None, reason)
             raise
 
@@ -515,7 +578,8 @@ class AsyncRoutedStream:
                             break
                         except TimeoutError:
                             raise StreamInterrupted(
-                                f"no chunk from {step.locus.name} within {limit:g} s") from None
+                                f"no chunk from {step.locus.name} within {limit:g} s"
+                            ) from None
                         limit = step.chunk_timeout
                         yield attempt.observe(chunk)
                     attempt.check_finished()

@@ -34,8 +34,12 @@ class NoAllowedLocusError(LocusError):
 class DispatchError(LocusError):
     """Every locus in the plan failed. `attempts` lists what was tried; `last_error` is the original error."""
 
-    def __init__(self, message: str, attempts: list[dict] | None = None,
-                 last_error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        attempts: list[dict] | None = None,
+        last_error: BaseException | None = None,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts or []
         self.last_error = last_error

@@ -77,11 +77,15 @@ class RoutingContext:
         if isinstance(value, RoutingContext):
             return value
         if not isinstance(value, dict):
-            raise TypeError(f"routing context must be a dict or RoutingContext, not {type(value).__name__}")
+            raise TypeError(
+                f"routing context must be a dict or RoutingContext, not {type(value).__name__}"
+            )
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown routing context field(s) {unknown}: expected {sorted(known)}")
+            raise ValueError(
+                f"unknown routing context field(s) {unknown}: expected {sorted(known)}"
+            )
         data = dict(value)
         if data.get("data_label") is not None:
             data["data_label"] = DataClass.parse(data["data_label"])
@@ -133,8 +137,13 @@ class RequestProfile:
             "difficulty": round(self.difficulty, 4),
             "data_class": self.data_class.name,
             "entities": [
-                {"type": e.type, "start": e.start, "end": e.end, "score": round(e.score, 3),
-                 "message": e.message}
+                {
+                    "type": e.type,
+                    "start": e.start,
+                    "end": e.end,
+                    "score": round(e.score, 3),
+                    "message": e.message,
+                }
                 for e in self.entities
             ],
             "tokens_in": self.tokens_in,

@@ -63,8 +63,7 @@ class Decision:
             "plan": self.plan.loci,
             "allowed": self.policy.allowed,
             "denied": self.policy.denied,
-            "obligations": {"redact": self.policy.redact,
-                            "redact_zones": self.policy.redact_zones},
+            "obligations": {"redact": self.policy.redact, "redact_zones": self.policy.redact_zones},
             "capability_floor": self.policy.capability_floor,
             "below_floor": self.plan.below_floor,
             "scores": {name: s.to_dict() for name, s in self.plan.scores.items()},
@@ -77,16 +76,22 @@ class Decision:
 
 
 class Router:
-    def __init__(self, config: LocusConfig | None = None, *, analyzer: Analyzer | None = None,
-                 stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        config: LocusConfig | None = None,
+        *,
+        analyzer: Analyzer | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.config = config or load_config()
         self.analyzer = analyzer or Analyzer(
             classifier_path=self.config.analysis.classifier,
             sensitivity=self.config.sensitivity,
             tokens_out_default=self.config.analysis.tokens_out_default,
         )
-        self.policy = PolicyEngine(self.config.policy.bundle, self.config.policy.data,
-                                   reload=self.config.policy.reload)
+        self.policy = PolicyEngine(
+            self.config.policy.bundle, self.config.policy.data, reload=self.config.policy.reload
+        )
         # breakers, profiles and tenant spend: in this process, or shared through Redis
         self.state = open_state(self.config, stats)
         self.stats = self.state.stats
@@ -117,15 +122,27 @@ class Router:
 
     # --- deciding ----------------------------------------------------------------------------
 
-    def analyze(self, messages: Any, context: RoutingContext | dict[str, Any] | None = None, *,
-                max_tokens: int | None = None, tools: list[Any] | None = None) -> RequestProfile:
-        return self.analyzer.analyze(normalize_messages(messages), RoutingContext.from_any(context),
-                                     max_tokens=max_tokens, tools=tools)
+    def analyze(
+        self,
+        messages: Any,
+        context: RoutingContext | dict[str, Any] | None = None,
+        *,
+        max_tokens: int | None = None,
+        tools: list[Any] | None = None,
+    ) -> RequestProfile:
+        return self.analyzer.analyze(
+            normalize_messages(messages),
+            RoutingContext.from_any(context),
+            max_tokens=max_tokens,
+            tools=tools,
+        )
 
     def policy_input(self, profile: RequestProfile, context: RoutingContext) -> dict[str, Any]:
-        return {"request": profile.to_policy(),
-                "context": {**context.to_policy(), **self.budget_view(context.tenant)},
-                "loci": self.loci_view()}
+        return {
+            "request": profile.to_policy(),
+            "context": {**context.to_policy(), **self.budget_view(context.tenant)},
+            "loci": self.loci_view(),
+        }
 
     def budget_view(self, tenant: str) -> dict[str, Any]:
         """The tenant's budget as the policy sees it: spent, limit, and "ok", "exceeded" or
@@ -137,16 +154,22 @@ class Router:
             spent = self.state.spent(tenant)
         except StateUnavailable:
             return {"spent_usd": None, "budget_usd": budget, "budget_state": "unknown"}
-        return {"spent_usd": round(spent, 9), "budget_usd": budget,
-                "budget_state": "exceeded" if spent >= budget else "ok"}
+        return {
+            "spent_usd": round(spent, 9),
+            "budget_usd": budget,
+            "budget_state": "exceeded" if spent >= budget else "ok",
+        }
 
     def loci_view(self) -> dict[str, dict[str, Any]]:
         """What the policy and the selection know of each locus: config, health, measurements."""
         view = {}
         for name, locus in self._loci.items():
-            measured = self.stats.profile(name, locus.zone,
-                                          expected_ttft_ms=locus.expected_ttft_ms,
-                                          expected_tokens_per_s=locus.expected_tokens_per_s)
+            measured = self.stats.profile(
+                name,
+                locus.zone,
+                expected_ttft_ms=locus.expected_ttft_ms,
+                expected_tokens_per_s=locus.expected_tokens_per_s,
+            )
             view[name] = {
                 "zone": locus.zone,
                 "model": locus.model,
@@ -160,9 +183,15 @@ class Router:
             }
         return view
 
-    def route(self, messages: Any, context: RoutingContext | dict[str, Any] | None = None, *,
-              max_tokens: int | None = None, tools: list[Any] | None = None,
-              locus: str | None = None) -> Decision:
+    def route(
+        self,
+        messages: Any,
+        context: RoutingContext | dict[str, Any] | None = None,
+        *,
+        max_tokens: int | None = None,
+        tools: list[Any] | None = None,
+        locus: str | None = None,
+    ) -> Decision:
         """Analyze, evaluate the policy and rank the allowed loci; nothing is sent."""
         started = time.perf_counter()
         messages = normalize_messages(messages)
@@ -172,7 +201,8 @@ class Router:
         if needed > self._largest_window:
             raise NoAllowedLocusError(
                 f"the request needs about {needed:,} tokens; the largest context window of any "
-                f"configured locus is {self._largest_window:,}: nothing was sent")
+                f"configured locus is {self._largest_window:,}: nothing was sent"
+            )
         profile = self.analyzer.analyze(messages, context, max_tokens=max_tokens, tools=tools)
         analyzed = time.perf_counter()
         policy_input = self.policy_input(profile, context)
@@ -181,38 +211,62 @@ class Router:
         allowed = verdict.allowed
         if locus is not None:
             if locus not in self._loci:
-                raise InvalidRequestError(f"unknown locus {locus!r}: configured are "
-                                          f"{sorted(self._loci)}")
+                raise InvalidRequestError(
+                    f"unknown locus {locus!r}: configured are {sorted(self._loci)}"
+                )
             allowed = [locus] if locus in verdict.allowed else []
         plan = select(allowed, policy_input, verdict.capability_floor, self.config.objective)
-        timings = {"analyze": (analyzed - started) * 1000, "policy": (decided - analyzed) * 1000,
-                   "select": (time.perf_counter() - decided) * 1000,
-                   **{f"analyze.{k}": v for k, v in profile.timings_ms.items()}}
-        budget = {k: policy_input["context"][k] for k in ("spent_usd", "budget_usd",
-                                                          "budget_state")}
-        return Decision(uuid.uuid4().hex, profile, context, verdict, plan, policy_input["loci"],
-                        timings, budget)
+        timings = {
+            "analyze": (analyzed - started) * 1000,
+            "policy": (decided - analyzed) * 1000,
+            "select": (time.perf_counter() - decided) * 1000,
+            **{f"analyze.{k}": v for k, v in profile.timings_ms.items()},
+        }
+        budget = {
+            k: policy_input["context"][k] for k in ("spent_usd", "budget_usd", "budget_state")
+        }
+        return Decision(
+            uuid.uuid4().hex, profile, context, verdict, plan, policy_input["loci"], timings, budget
+        )
 
-    def policy_check(self, request: dict[str, Any],
-                     context: RoutingContext | dict[str, Any] | None = None) -> PolicyDecision:
+    def policy_check(
+        self, request: dict[str, Any], context: RoutingContext | dict[str, Any] | None = None
+    ) -> PolicyDecision:
         """The policy's decision for a hypothetical request profile (no messages needed)."""
-        base = RequestProfile(task="unknown", task_scores={}, difficulty=0.5, tokens_in=100,
-                              tokens_out_est=256, data_class=DataClass.PUBLIC)
+        base = RequestProfile(
+            task="unknown",
+            task_scores={},
+            difficulty=0.5,
+            tokens_in=100,
+            tokens_out_est=256,
+            data_class=DataClass.PUBLIC,
+        )
         merged = {**base.to_policy(), **request}
         merged["data_class"] = str(merged["data_class"]).upper()
         if merged["data_class"] not in {"PUBLIC", "INTERNAL", "CONFIDENTIAL", "RESTRICTED"}:
-            raise InvalidRequestError(f"request.data_class {request.get('data_class')!r}: expected "
-                                      "PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED")
+            raise InvalidRequestError(
+                f"request.data_class {request.get('data_class')!r}: expected "
+                "PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED"
+            )
         context = RoutingContext.from_any(context)
-        policy_input = {"request": merged,
-                        "context": {**context.to_policy(), **self.budget_view(context.tenant)},
-                        "loci": self.loci_view()}
+        policy_input = {
+            "request": merged,
+            "context": {**context.to_policy(), **self.budget_view(context.tenant)},
+            "loci": self.loci_view(),
+        }
         return self.policy.evaluate(policy_input)
 
     # --- running -------------------------------------------------------------------------------
 
-    def completion(self, messages: Any, *, context: RoutingContext | dict[str, Any] | None = None,
-                   locus: str | None = None, stream: bool = False, **params: Any) -> Any:
+    def completion(
+        self,
+        messages: Any,
+        *,
+        context: RoutingContext | dict[str, Any] | None = None,
+        locus: str | None = None,
+        stream: bool = False,
+        **params: Any,
+    ) -> Any:
         """Route and run. Returns a LiteLLM ModelResponse (with `.locus`), or a RoutedStream."""
         messages = normalize_messages(messages)
         decision, run = self._prepare(messages, context, locus, stream, params)
@@ -222,62 +276,98 @@ class Router:
             return dispatch.RoutedStream(run, litellm, finish)
         return dispatch.complete(run, litellm, finish)
 
-    async def acompletion(self, messages: Any, *,
-                          context: RoutingContext | dict[str, Any] | None = None,
-                          locus: str | None = None, stream: bool = False, **params: Any) -> Any:
+    async def acompletion(
+        self,
+        messages: Any,
+        *,
+        context: RoutingContext | dict[str, Any] | None = None,
+        locus: str | None = None,
+        stream: bool = False,
+        **params: Any,
+    ) -> Any:
         messages = normalize_messages(messages)
         # analysis is CPU work and the budget a Redis round trip: keep both off the event loop
-        decision, run = await asyncio.to_thread(self._prepare, messages, context, locus, stream,
-                                                params)
+        decision, run = await asyncio.to_thread(
+            self._prepare, messages, context, locus, stream, params
+        )
         litellm = dispatch.litellm_module(local_models=self._uses_local)
         finish = self._finisher(decision, messages)
         if stream:
             return dispatch.AsyncRoutedStream(run, litellm, finish)
         return await dispatch.acomplete(run, litellm, finish)
 
-    def _prepare(self, messages: list[dict[str, Any]], context: Any, locus: str | None,
-                 stream: bool, params: dict[str, Any]) -> tuple[Decision, dispatch.Run]:
+    def _prepare(
+        self,
+        messages: list[dict[str, Any]],
+        context: Any,
+        locus: str | None,
+        stream: bool,
+        params: dict[str, Any],
+    ) -> tuple[Decision, dispatch.Run]:
         params = {k: v for k, v in params.items() if v is not None}
         for reserved in ("model", "messages", "api_base", "api_key", "base_url"):
             if reserved in params:
-                raise InvalidRequestError(f"{reserved!r} is chosen by the router per locus; "
-                                          "configure it on the locus instead")
+                raise InvalidRequestError(
+                    f"{reserved!r} is chosen by the router per locus; "
+                    "configure it on the locus instead"
+                )
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
-        decision = self.route(messages, context, max_tokens=max_tokens, tools=params.get("tools"),
-                              locus=locus)
+        decision = self.route(
+            messages, context, max_tokens=max_tokens, tools=params.get("tools"), locus=locus
+        )
         if not decision.plan.loci:
             self._write(decision, messages, None, None, "refused")
             detail = "; ".join(f"{n}: {', '.join(r)}" for n, r in decision.policy.denied.items())
             raise NoAllowedLocusError(
                 f"policy (revision {decision.policy.revision}) allows no locus for this "
                 f"{decision.profile.data_class.name} request"
-                + (f" on locus {locus!r}" if locus else "") + (f": {detail}" if detail else ""),
-                denied=decision.policy.denied)
+                + (f" on locus {locus!r}" if locus else "")
+                + (f": {detail}" if detail else ""),
+                denied=decision.policy.denied,
+            )
         if stream:
             params["stream"] = True
             params.setdefault("stream_options", {"include_usage": True})
-        budget = BudgetGuard(self.state, decision.context.tenant, decision.budget["budget_usd"],
-                             {n: s.predicted_cost_usd for n, s in decision.plan.scores.items()})
+        budget = BudgetGuard(
+            self.state,
+            decision.context.tenant,
+            decision.budget["budget_usd"],
+            {n: s.predicted_cost_usd for n, s in decision.plan.scores.items()},
+        )
         run = dispatch.Run(
-            [self._loci[name] for name in decision.plan.loci], messages, params,
-            stats=self.stats, entities=decision.profile.entities, redact=decision.policy.redact,
+            [self._loci[name] for name in decision.plan.loci],
+            messages,
+            params,
+            stats=self.stats,
+            entities=decision.profile.entities,
+            redact=decision.policy.redact,
             redact_zones=decision.policy.redact_zones,
             allow_content_filter_failover=self.config.allow_failover_on_content_filter,
-            budget=budget)
+            budget=budget,
+        )
         return decision, run
 
     def _finisher(self, decision: Decision, messages: list[dict[str, Any]]) -> dispatch.Finish:
-        def finish(run: dispatch.Run, outcome: dict[str, Any] | None,
-                   error: BaseException | None) -> dict[str, Any]:
+        def finish(
+            run: dispatch.Run, outcome: dict[str, Any] | None, error: BaseException | None
+        ) -> dict[str, Any]:
             if run.budget is not None:  # charge the tenant what the call really cost
                 run.budget.end(outcome["cost_usd"] if outcome else None)
-            return self._write(decision, messages, run, outcome, "ok" if error is None else
-                               "error", error)
+            return self._write(
+                decision, messages, run, outcome, "ok" if error is None else "error", error
+            )
+
         return finish
 
-    def _write(self, decision: Decision, messages: list[dict[str, Any]], run: dispatch.Run | None,
-               outcome: dict[str, Any] | None, status: str,
-               error: BaseException | None = None) -> dict[str, Any]:
+    def _write(
+        self,
+        decision: Decision,
+        messages: list[dict[str, Any]],
+        run: dispatch.Run | None,
+        outcome: dict[str, Any] | None,
+        status: str,
+        error: BaseException | None = None,
+    ) -> dict[str, Any]:
         """Write the decision record and return the summary attached to the response."""
         profile = decision.profile
         info = {
@@ -317,9 +407,12 @@ class Router:
                 "flags": profile.flags,
                 "errors": profile.errors,
             },
-            "context": {"tenant": decision.context.tenant, "user": decision.context.user,
-                        "app": decision.context.app,
-                        "interactive": decision.context.interactive},
+            "context": {
+                "tenant": decision.context.tenant,
+                "user": decision.context.user,
+                "app": decision.context.app,
+                "interactive": decision.context.interactive,
+            },
             "budget": decision.budget,
             "allowed": decision.policy.allowed,
             "denied": decision.policy.denied,
@@ -339,8 +432,9 @@ class Router:
 
     def loci_status(self) -> list[dict[str, Any]]:
         view = self.loci_view()
-        return [{"name": name, **view[name], "stats": self.stats.get(name).__dict__}
-                for name in view]
+        return [
+            {"name": name, **view[name], "stats": self.stats.get(name).__dict__} for name in view
+        ]
 
 
 @cache

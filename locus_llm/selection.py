@@ -39,8 +39,13 @@ class Plan:
         return self.loci[0] if self.loci else None
 
 
-def score(name: str, locus: dict[str, Any], request: dict[str, Any], floor: int,
-          latency_budget_ms: float | None) -> Score:
+def score(
+    name: str,
+    locus: dict[str, Any],
+    request: dict[str, Any],
+    floor: int,
+    latency_budget_ms: float | None,
+) -> Score:
     tokens_in, tokens_out = request["tokens_in"], request["tokens_out_est"]
     latency = locus["p50_ttft_ms"] + tokens_out * 1000 / max(locus["tokens_per_s"], 1e-6)
     cost = (tokens_in * locus["usd_per_mtok_in"] + tokens_out * locus["usd_per_mtok_out"]) / 1e6
@@ -56,13 +61,15 @@ def score(name: str, locus: dict[str, Any], request: dict[str, Any], floor: int,
     )
 
 
-def select(allowed: list[str], policy_input: dict[str, Any], floor: int,
-           objective: str = "cost") -> Plan:
+def select(
+    allowed: list[str], policy_input: dict[str, Any], floor: int, objective: str = "cost"
+) -> Plan:
     """Order the allowed loci into a plan. Loci under the floor drop out if any locus meets it."""
     request = policy_input["request"]
     budget = policy_input["context"].get("latency_budget_ms")
-    scores = {name: score(name, policy_input["loci"][name], request, floor, budget)
-              for name in allowed}
+    scores = {
+        name: score(name, policy_input["loci"][name], request, floor, budget) for name in allowed
+    }
 
     def key(s: Score) -> tuple:
         cheap, fast = round(s.predicted_cost_usd, 10), round(s.predicted_latency_ms, 3)

@@ -38,8 +38,9 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
 
 
 class Stats:
-    def __init__(self, *, alpha: float = 0.2, failure_threshold: int = 5,
-                 cooldown_s: float = 30.0) -> None:
+    def __init__(
+        self, *, alpha: float = 0.2, failure_threshold: int = 5, cooldown_s: float = 30.0
+    ) -> None:
         self.alpha = alpha
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
@@ -50,8 +51,15 @@ class Stats:
         with self._lock:
             return LocusStats(**asdict(self._stats.setdefault(name, LocusStats())))
 
-    def record_success(self, name: str, *, latency_ms: float, ttft_ms: float | None = None,
-                       tokens_out: int = 0, cost_usd: float = 0.0) -> None:
+    def record_success(
+        self,
+        name: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         with self._lock:
             s = self._stats.setdefault(name, LocusStats())
             s.calls += 1
@@ -60,8 +68,9 @@ class Stats:
             s.ttft_ms = _ewma(s.ttft_ms, first, self.alpha)
             decode_ms = latency_ms - first
             if tokens_out > 1 and decode_ms > 0:
-                s.tokens_per_s = _ewma(s.tokens_per_s, (tokens_out - 1) * 1000 / decode_ms,
-                                       self.alpha)
+                s.tokens_per_s = _ewma(
+                    s.tokens_per_s, (tokens_out - 1) * 1000 / decode_ms, self.alpha
+                )
             s.error_rate = _ewma(s.error_rate, 0.0, self.alpha)
             s.cost_usd += cost_usd
             s.consecutive_failures = 0
@@ -85,16 +94,27 @@ class Stats:
                 return True
             return time.monotonic() - s.opened_at >= self.cooldown_s
 
-    def profile(self, name: str, zone: str, *, expected_ttft_ms: float | None = None,
-                expected_tokens_per_s: float | None = None) -> dict[str, Any]:
+    def profile(
+        self,
+        name: str,
+        zone: str,
+        *,
+        expected_ttft_ms: float | None = None,
+        expected_tokens_per_s: float | None = None,
+    ) -> dict[str, Any]:
         """What selection and the policy see: measured numbers, else priors, marked as such."""
         s = self.get(name)
         return {
             "measured": s.ttft_ms is not None,
-            "p50_ttft_ms": round(s.ttft_ms if s.ttft_ms is not None
-                                 else expected_ttft_ms or DEFAULT_TTFT_MS[zone], 3),
-            "tokens_per_s": round(s.tokens_per_s if s.tokens_per_s is not None
-                                  else expected_tokens_per_s or DEFAULT_TOKENS_PER_S[zone], 3),
+            "p50_ttft_ms": round(
+                s.ttft_ms if s.ttft_ms is not None else expected_ttft_ms or DEFAULT_TTFT_MS[zone], 3
+            ),
+            "tokens_per_s": round(
+                s.tokens_per_s
+                if s.tokens_per_s is not None
+                else expected_tokens_per_s or DEFAULT_TOKENS_PER_S[zone],
+                3,
+            ),
             "error_rate": round(s.error_rate, 4),
             "healthy": self.healthy(name),
         }

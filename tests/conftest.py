@@ -60,8 +60,9 @@ def analyzer() -> Analyzer:
 
 
 @pytest.fixture
-def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                analyzer: Analyzer) -> Callable[..., Router]:
+def make_router(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, analyzer: Analyzer
+) -> Callable[..., Router]:
     """Build a Router over loci on the loopback server: make_router(["edge:onprem", ...])."""
     monkeypatch.setenv(KEY_ENV, "sk-test-loopback")
 
@@ -77,4 +78,3 @@ def make_router(server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: 
         return Router(config_from_dict(data), analyzer=analyzer)
 
     return build
-

@@ -46,10 +46,20 @@ def ok(text: str = "Hello from the loopback server.", **kw: Any) -> Behaviour:
     return Behaviour("ok", text=text, **kw)
 
 
-def status(code: int, message: str = "", *, error_code: str | None = None,
-           headers: dict[str, str] | None = None) -> Behaviour:
-    return Behaviour("status", status=code, code=error_code, headers=headers or {},
-                     message=message or f"scripted {code}")
+def status(
+    code: int,
+    message: str = "",
+    *,
+    error_code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Behaviour:
+    return Behaviour(
+        "status",
+        status=code,
+        code=error_code,
+        headers=headers or {},
+        message=message or f"scripted {code}",
+    )
 
 
 def reset() -> Behaviour:
@@ -142,9 +152,17 @@ class FaultServer:
     async def _respond(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         method, path, body = request["method"], request["path"], request["body"]
         if method == "GET" and path.endswith("/models"):
-            await _send_json(writer, 200, {"object": "list", "data": [
-                {"id": name, "object": "model", "owned_by": "fault-server"}
-                for name in self.scripts]})
+            await _send_json(
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": name, "object": "model", "owned_by": "fault-server"}
+                        for name in self.scripts
+                    ],
+                },
+            )
             return True
         if method == "GET" and path == "/health":
             await _send_json(writer, 200, {"status": "ok"})
@@ -172,19 +190,28 @@ class FaultServer:
             return False
         messages = payload.get("messages") or [{}]
         if behaviour.reject_prefill and messages[-1].get("role") == "assistant":
-            error = {"message": "assistant prefill is not supported", "type": "invalid_request",
-                     "code": "prefill_unsupported", "param": "messages"}
+            error = {
+                "message": "assistant prefill is not supported",
+                "type": "invalid_request",
+                "code": "prefill_unsupported",
+                "param": "messages",
+            }
             await _send_json(writer, 400, {"error": error})
             return True
         if behaviour.kind == "status":
-            error = {"message": behaviour.message, "type": "scripted", "code": behaviour.code,
-                     "param": None}
+            error = {
+                "message": behaviour.message,
+                "type": "scripted",
+                "code": behaviour.code,
+                "param": None,
+            }
             await _send_json(writer, behaviour.status, {"error": error}, behaviour.headers)
             return True
         text = behaviour.text
         if behaviour.echo:
-            last = next((m for m in reversed(payload.get("messages", []))
-                         if m.get("role") == "user"), {})
+            last = next(
+                (m for m in reversed(payload.get("messages", [])) if m.get("role") == "user"), {}
+            )
             content = last.get("content")
             text = content if isinstance(content, str) else json.dumps(content)
         if payload.get("stream"):
@@ -193,18 +220,34 @@ class FaultServer:
         await _send_json(writer, 200, _completion(model, text, payload))
         return True
 
-    async def _stream(self, writer: asyncio.StreamWriter, model: str, text: str,
-                      b: Behaviour, payload: dict[str, Any]) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
+    async def _stream(
+        self,
+        writer: asyncio.StreamWriter,
+        model: str,
+        text: str,
+        b: Behaviour,
+        payload: dict[str, Any],
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+        )
         await writer.drain()
         if b.first_token_delay_s:
             await asyncio.sleep(b.first_token_delay_s)
         pieces = _tokens(text)
-        base = {"id": "chatcmpl-fault", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model}
-        first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                      "finish_reason": None}]}
+        base = {
+            "id": "chatcmpl-fault",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        first = {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
         writer.write(_event(first))
         for i, piece in enumerate(pieces):
             if b.cut_after is not None and i >= b.cut_after:
@@ -216,8 +259,10 @@ class FaultServer:
                     await asyncio.wait_for(self._closing.wait(), b.stall_s)
             if b.malformed_at is not None and i == b.malformed_at:
                 writer.write(b"data: {this is not json\n\n")
-            chunk = {**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                          "finish_reason": None}]}
+            chunk = {
+                **base,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
             writer.write(_event(chunk))
             await writer.drain()
         final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -239,16 +284,22 @@ def _tokens(text: str) -> list[str]:
 def _usage(payload: dict[str, Any], text: str) -> dict[str, int]:
     prompt = sum(len(str(m.get("content", ""))) for m in payload.get("messages", [])) // 4 + 1
     completion = len(_tokens(text))
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _completion(model: str, text: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
+        "id": "chatcmpl-fault",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
         "usage": _usage(payload, text),
     }
 
@@ -257,11 +308,18 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
-async def _send_json(writer: asyncio.StreamWriter, code: int, body: dict[str, Any],
-                     headers: dict[str, str] | None = None) -> None:
+async def _send_json(
+    writer: asyncio.StreamWriter,
+    code: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> None:
     data = json.dumps(body).encode()
-    head = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}", "Content-Type: application/json",
-            f"Content-Length: {len(data)}"]
+    head = [
+        f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+    ]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
     await writer.drain()
@@ -281,5 +339,12 @@ async def _read_request(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return {"method": method, "path": path.split("?")[0], "headers": headers, "body": body}
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

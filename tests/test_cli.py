@@ -20,18 +20,39 @@ from tests.fault_server import FaultServer, ok
 def config_file(server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
     path = tmp_path / "locus.yaml"
-    path.write_text(yaml.safe_dump({"loci": [locus_spec("rack", "onprem", server),
-                                             locus_spec("cloud", "cloud", server)],
-                                    "decision_log": str(tmp_path / "log.jsonl")}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "loci": [
+                    locus_spec("rack", "onprem", server),
+                    locus_spec("cloud", "cloud", server),
+                ],
+                "decision_log": str(tmp_path / "log.jsonl"),
+            }
+        )
+    )
     return path
 
 
 def test_route_json_has_the_documented_keys(config_file: Path, capsys, server: FaultServer):
-    assert main(["route", "--json", "--config", str(config_file), "--label", "CONFIDENTIAL",
-                 "What is a river?"]) == 0
+    assert (
+        main(
+            [
+                "route",
+                "--json",
+                "--config",
+                str(config_file),
+                "--label",
+                "CONFIDENTIAL",
+                "What is a river?",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert {"locus", "zone", "allowed", "denied", "profile", "scores",
-            "policy_revision"} <= set(out)
+    assert {"locus", "zone", "allowed", "denied", "profile", "scores", "policy_revision"} <= set(
+        out
+    )
     assert out["locus"] == "rack" and "cloud" in out["denied"]
     assert server.requests == []  # route sends nothing
 
@@ -50,25 +71,34 @@ def test_chat_streams_the_answer(config_file: Path, capsys, server: FaultServer)
     assert "rack (onprem)" in captured.err
 
 
-def test_chat_on_a_denied_locus_is_one_clear_line(config_file: Path, capsys,
-                                                   server: FaultServer):
-    code = main(["chat", "--config", str(config_file), "--locus", "cloud", "--label",
-                 "RESTRICTED", "hello"])
+def test_chat_on_a_denied_locus_is_one_clear_line(config_file: Path, capsys, server: FaultServer):
+    code = main(
+        ["chat", "--config", str(config_file), "--locus", "cloud", "--label", "RESTRICTED", "hello"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
     assert server.requests == []
 
 
 def test_analyze_jsonl(config_file: Path, capsys, monkeypatch):
-    lines = [{"id": "a", "prompt": "Write a Python function that reverses a list."},
-             {"id": "b", "prompt": "Email me at jane@example.com about TFN 123 456 782."}]
+    lines = [
+        {"id": "a", "prompt": "Write a Python function that reverses a list."},
+        {"id": "b", "prompt": "Email me at jane@example.com about TFN 123 456 782."},
+    ]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(json.dumps(x) for x in lines)))
     assert main(["analyze", "--jsonl", "--config", str(config_file)]) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [o["id"] for o in out] == ["a", "b"]
     for o in out:
-        assert {"task", "task_scores", "difficulty", "data_class", "entities", "tokens_in",
-                "ms"} <= set(o)
+        assert {
+            "task",
+            "task_scores",
+            "difficulty",
+            "data_class",
+            "entities",
+            "tokens_in",
+            "ms",
+        } <= set(o)
         for entity in o["entities"]:
             assert set(entity) == {"type", "start", "end", "score"}
     assert out[1]["data_class"] in {"CONFIDENTIAL", "RESTRICTED"}
@@ -82,7 +112,11 @@ def test_analyze_rejects_a_bad_line(capsys, monkeypatch, config_file: Path):
 
 @pytest.mark.parametrize("command", [[], ["route"], ["policy"], ["models"]])
 def test_help_and_usage_never_trace(command: list[str]):
-    result = subprocess.run([sys.executable, "-m", "locus_llm.cli", *command, "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "locus_llm.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "usage:" in result.stdout
     assert "Traceback" not in result.stderr

@@ -60,16 +60,31 @@ def test_toml_and_python_api(tmp_path: Path):
     assert config.policy.bundle == PACKAGED_BUNDLE
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("loci:\n  - name: a\n    zone: clod\n    model: m\n", "loci.a.zone: expected 'device', 'onprem' or 'cloud', got 'clod'"),
-    ("loci:\n  - name: a\n    zone: device\n    model: m\n    capabilty: 3\n", "loci.a.capabilty: unknown field"),
-    ("loci:\n  - name: a\n    zone: device\n", "loci.a.model: Field required"),
-    ("loci: []\n", "loci: Value error, at least one locus is required"),
-    ("loci:\n  - {name: a, zone: device, model: m}\n  - {name: a, zone: cloud, model: n}\n", "repeated: ['a']"),
-    ("loci: [\n", "not valid"),
-    ("- just a list\n", "expected a mapping"),
-    ("loci:\n  - {name: a, zone: device, model: m, context_window: -5}\n", "loci.a.context_window"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            "loci:\n  - name: a\n    zone: clod\n    model: m\n",
+            "loci.a.zone: expected 'device', 'onprem' or 'cloud', got 'clod'",
+        ),
+        (
+            "loci:\n  - name: a\n    zone: device\n    model: m\n    capabilty: 3\n",
+            "loci.a.capabilty: unknown field",
+        ),
+        ("loci:\n  - name: a\n    zone: device\n", "loci.a.model: Field required"),
+        ("loci: []\n", "loci: Value error, at least one locus is required"),
+        (
+            "loci:\n  - {name: a, zone: device, model: m}\n  - {name: a, zone: cloud, model: n}\n",
+            "repeated: ['a']",
+        ),
+        ("loci: [\n", "not valid"),
+        ("- just a list\n", "expected a mapping"),
+        (
+            "loci:\n  - {name: a, zone: device, model: m, context_window: -5}\n",
+            "loci.a.context_window",
+        ),
+    ],
+)
 def test_config_errors_name_file_field_and_expectation(tmp_path: Path, text: str, fragment: str):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

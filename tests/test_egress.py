@@ -33,8 +33,14 @@ HOOK = textwrap.dedent("""
 
 def run_script(body: str, env: dict[str, str] | None = None) -> list[list[str]]:
     script = HOOK + textwrap.dedent(body) + "\nprint('EVENTS=' + json.dumps(events))\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [x for x in result.stdout.splitlines() if x.startswith("EVENTS=")][-1]
     return json.loads(line.removeprefix("EVENTS="))

@@ -39,8 +39,9 @@ def test_01_rate_limit_with_retry_after_waits_about_that_long(make_router, serve
 
 
 def test_02_rate_limit_without_header_backs_off_then_fails_over(make_router, server: FaultServer):
-    router = make_router([locus_spec("rack", "onprem", server, max_retries=2),
-                          locus_spec("cloud", "cloud", server)])
+    router = make_router(
+        [locus_spec("rack", "onprem", server, max_retries=2), locus_spec("cloud", "cloud", server)]
+    )
     server.script("rack", [status(429)])
     server.script("cloud", [ok("served elsewhere")])
     response = router.completion(ASK)
@@ -77,13 +78,19 @@ def test_05_connection_reset_before_any_byte(make_router, server: FaultServer):
     server.script("cloud", [ok("answer despite the reset")])
     response = router.completion(ASK)
     assert response.choices[0].message.content == "answer despite the reset"
-    assert response.locus["attempts"][0]["error_class"] in {"APIConnectionError",
-                                                            "InternalServerError"}
+    assert response.locus["attempts"][0]["error_class"] in {
+        "APIConnectionError",
+        "InternalServerError",
+    }
 
 
 def test_06_silent_locus_times_out_and_fails_over_at_once(make_router, server: FaultServer):
-    router = make_router([locus_spec("rack", "onprem", server, timeout_s=1.0, max_retries=3),
-                          locus_spec("cloud", "cloud", server)])
+    router = make_router(
+        [
+            locus_spec("rack", "onprem", server, timeout_s=1.0, max_retries=3),
+            locus_spec("cloud", "cloud", server),
+        ]
+    )
     server.script("rack", [hang()])
     server.script("cloud", [ok("not silent")])
     started = time.monotonic()
@@ -94,8 +101,12 @@ def test_06_silent_locus_times_out_and_fails_over_at_once(make_router, server: F
 
 
 def test_07_slow_first_token_fails_over_when_a_fallback_exists(make_router, server):
-    router = make_router([locus_spec("rack", "onprem", server, ttft_timeout_s=1.0),
-                          locus_spec("cloud", "cloud", server)])
+    router = make_router(
+        [
+            locus_spec("rack", "onprem", server, ttft_timeout_s=1.0),
+            locus_spec("cloud", "cloud", server),
+        ]
+    )
     server.script("rack", [ok("late", first_token_delay_s=3.0)])
     server.script("cloud", [ok("prompt answer")])
     started = time.monotonic()
@@ -113,8 +124,12 @@ def test_07_slow_first_token_still_arrives_without_a_fallback(make_router, serve
 
 
 async def test_07_async_slow_first_token_fails_over(make_router, server: FaultServer):
-    router = make_router([locus_spec("rack", "onprem", server, ttft_timeout_s=1.0),
-                          locus_spec("cloud", "cloud", server)])
+    router = make_router(
+        [
+            locus_spec("rack", "onprem", server, ttft_timeout_s=1.0),
+            locus_spec("cloud", "cloud", server),
+        ]
+    )
     server.script("rack", [ok("late", first_token_delay_s=3.0)])
     server.script("cloud", [ok("async fallback")])
     stream = await router.acompletion(ASK, stream=True)
@@ -136,8 +151,7 @@ def test_08_stream_cut_after_40_of_60_tokens_is_never_a_success(make_router, ser
 
 
 def test_09_stall_mid_answer_is_detected_and_the_router_stays_healthy(make_router, server):
-    router = make_router([locus_spec("rack", "onprem", server, stall_timeout_s=1.0,
-                                     timeout_s=1.0)])
+    router = make_router([locus_spec("rack", "onprem", server, stall_timeout_s=1.0, timeout_s=1.0)])
     server.script("rack", [ok(SIXTY_WORDS, stall_after=10, stall_s=30), ok("fine again")])
     started = time.monotonic()
     with pytest.raises(DispatchError):
@@ -170,13 +184,37 @@ def test_11_stream_without_done_finishes_promptly_with_usage(make_router, server
 
 
 def test_12_context_length_exceeded_goes_to_a_larger_window(make_router, server):
-    router = make_router([locus_spec("small", "onprem", server, context_window=4096),
-                          locus_spec("same", "onprem", server, context_window=4096,
-                                     usd_per_mtok_in=0.3, usd_per_mtok_out=0.3),
-                          locus_spec("big", "onprem", server, context_window=65536,
-                                     usd_per_mtok_in=0.5, usd_per_mtok_out=0.5)])
-    server.script("small", [status(400, "This model's maximum context length is 4096 tokens",
-                                   error_code="context_length_exceeded")])
+    router = make_router(
+        [
+            locus_spec("small", "onprem", server, context_window=4096),
+            locus_spec(
+                "same",
+                "onprem",
+                server,
+                context_window=4096,
+                usd_per_mtok_in=0.3,
+                usd_per_mtok_out=0.3,
+            ),
+            locus_spec(
+                "big",
+                "onprem",
+                server,
+                context_window=65536,
+                usd_per_mtok_in=0.5,
+                usd_per_mtok_out=0.5,
+            ),
+        ]
+    )
+    server.script(
+        "small",
+        [
+            status(
+                400,
+                "This model's maximum context length is 4096 tokens",
+                error_code="context_length_exceeded",
+            )
+        ],
+    )
     server.script("big", [ok("the big window")])
     response = router.completion(ASK)
     assert response.locus["locus"] == "big"
@@ -187,8 +225,16 @@ def test_12_context_length_exceeded_goes_to_a_larger_window(make_router, server)
 
 def test_13_content_policy_refusal_propagates_and_is_not_shopped(make_router, server):
     router = make_router(["rack:onprem", "cloud:cloud"])
-    server.script("rack", [status(400, "Your request was flagged by our safety system",
-                                  error_code="content_policy_violation")])
+    server.script(
+        "rack",
+        [
+            status(
+                400,
+                "Your request was flagged by our safety system",
+                error_code="content_policy_violation",
+            )
+        ],
+    )
     with pytest.raises(Exception, match="safety system"):
         router.completion(ASK)
     assert server.calls("rack") == 1 and server.calls("cloud") == 0
@@ -212,8 +258,9 @@ def test_14_cut_primary_and_prefill_refusing_fallback_restart_cleanly(make_route
 
 
 def test_15_circuit_opens_serves_fallback_probes_and_returns(make_router, server):
-    router = make_router(["rack:onprem", "cloud:cloud"],
-                         breaker={"failure_threshold": 2, "cooldown_s": 1.0})
+    router = make_router(
+        ["rack:onprem", "cloud:cloud"], breaker={"failure_threshold": 2, "cooldown_s": 1.0}
+    )
     outage = status(503)
     outage.until = time.monotonic() + 2.0
     server.script("rack", [outage, ok("rack is back")])
@@ -241,7 +288,8 @@ def test_16_failover_accounting_names_who_answered(make_router, server: FaultSer
     assert info["locus"] == "cloud" and info["model"] == "openai/cloud"
     usage = info["usage"]
     assert info["cost_usd"] == pytest.approx(
-        (usage["prompt_tokens"] * 2.5 + usage["completion_tokens"] * 10.0) / 1e6)
+        (usage["prompt_tokens"] * 2.5 + usage["completion_tokens"] * 10.0) / 1e6
+    )
     record = router.log.tail(1)[0]
     assert record["chosen"] == "cloud" and record["cost_usd"] == info["cost_usd"]
     assert [a["outcome"] for a in record["attempts"]] == ["error", "error", "ok"]

@@ -48,24 +48,43 @@ async def test_500_concurrent_async_calls(make_router, server: FaultServer):
     assert growth_mb < 300, growth_mb
     records = router.log.tail(1000)
     assert all(r["outcome"] == "ok" for r in records)
-    print(f"\n500 concurrent calls: {500 / wall:.0f} calls/s, {cpu_per_call_ms:.2f} ms CPU per call "
-          f"(router + LiteLLM + the in-process server), RSS +{growth_mb:.0f} MB")
+    print(
+        f"\n500 concurrent calls: {500 / wall:.0f} calls/s, {cpu_per_call_ms:.2f} ms CPU per call "
+        f"(router + LiteLLM + the in-process server), RSS +{growth_mb:.0f} MB"
+    )
 
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                      st.text(max_size=20), st.binary(max_size=10))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=12)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=10),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 message = st.one_of(
     json_value,
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
-                           "content": json_value}),
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+            "content": json_value,
+        }
+    ),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[
-    HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(messages=st.one_of(json_value, st.lists(message, max_size=4)))
 def test_any_messages_give_an_answer_or_a_clear_error(make_router, server, messages):
     router = make_router(["rack:onprem"])
@@ -84,11 +103,35 @@ def test_any_messages_give_an_answer_or_a_clear_error(make_router, server, messa
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=st.one_of(json_value, st.fixed_dictionaries(
-    {"loci": st.lists(st.dictionaries(
-        st.sampled_from(["name", "zone", "model", "capability", "context_window", "timeout_s",
-                         "api_key_env", "usd_per_mtok_in", "typo"]),
-        json_value, max_size=6), max_size=3)})))
+@given(
+    data=st.one_of(
+        json_value,
+        st.fixed_dictionaries(
+            {
+                "loci": st.lists(
+                    st.dictionaries(
+                        st.sampled_from(
+                            [
+                                "name",
+                                "zone",
+                                "model",
+                                "capability",
+                                "context_window",
+                                "timeout_s",
+                                "api_key_env",
+                                "usd_per_mtok_in",
+                                "typo",
+                            ]
+                        ),
+                        json_value,
+                        max_size=6,
+                    ),
+                    max_size=3,
+                )
+            }
+        ),
+    )
+)
 def test_any_config_is_valid_or_a_config_error(data):
     try:
         config = config_from_dict(data if isinstance(data, dict) else {"loci": data})
@@ -102,8 +145,11 @@ _engine = PolicyEngine(PACKAGED_BUNDLE, reload=False)
 
 
 @settings(max_examples=150, deadline=None)
-@given(policy_input=st.dictionaries(st.sampled_from(["request", "context", "loci"]), json_value,
-                                    max_size=3))
+@given(
+    policy_input=st.dictionaries(
+        st.sampled_from(["request", "context", "loci"]), json_value, max_size=3
+    )
+)
 def test_any_policy_input_gives_a_decision_or_a_policy_error(policy_input):
     try:
         decision = _engine.evaluate(policy_input)

@@ -19,16 +19,40 @@ from locus_llm.policy.testing import run_tests
 
 def policy_input(data_class: str = "PUBLIC", **request: object) -> dict:
     loci = {
-        "device": {"zone": "device", "capability": 1, "context_window": 8192, "healthy": True,
-                   "credentials": True, "p50_ttft_ms": 80, "tokens_per_s": 80,
-                   "usd_per_mtok_in": 0, "usd_per_mtok_out": 0},
-        "cloud": {"zone": "cloud", "capability": 5, "context_window": 128000, "healthy": True,
-                  "credentials": True, "p50_ttft_ms": 400, "tokens_per_s": 100,
-                  "usd_per_mtok_in": 2.5, "usd_per_mtok_out": 10},
+        "device": {
+            "zone": "device",
+            "capability": 1,
+            "context_window": 8192,
+            "healthy": True,
+            "credentials": True,
+            "p50_ttft_ms": 80,
+            "tokens_per_s": 80,
+            "usd_per_mtok_in": 0,
+            "usd_per_mtok_out": 0,
+        },
+        "cloud": {
+            "zone": "cloud",
+            "capability": 5,
+            "context_window": 128000,
+            "healthy": True,
+            "credentials": True,
+            "p50_ttft_ms": 400,
+            "tokens_per_s": 100,
+            "usd_per_mtok_in": 2.5,
+            "usd_per_mtok_out": 10,
+        },
     }
-    req = {"task": "open_qa", "task_scores": {}, "difficulty": 0.2, "tokens_in": 50,
-           "tokens_out_est": 50, "data_class": data_class, "entities": [], "flags": [],
-           **request}
+    req = {
+        "task": "open_qa",
+        "task_scores": {},
+        "difficulty": 0.2,
+        "tokens_in": 50,
+        "tokens_out_est": 50,
+        "data_class": data_class,
+        "entities": [],
+        "flags": [],
+        **request,
+    }
     return {"request": req, "context": {"tenant": "t"}, "loci": loci}
 
 
@@ -48,7 +72,8 @@ def test_packaged_bundle_rego_tests_all_pass():
 def test_runner_reports_a_failing_rego_test(bundle: Path):
     (bundle / "extra_test.rego").write_text(
         "package locus.routing\nimport rego.v1\n"
-        "test_this_fails if { count(allowed) == 99 with input as {\"loci\": {}} }\n")
+        'test_this_fails if { count(allowed) == 99 with input as {"loci": {}} }\n'
+    )
     results = {r.name: r for r in run_tests(bundle)}
     assert results["test_this_fails"].passed is False
     assert results["test_public_goes_anywhere"].passed is True
@@ -61,7 +86,8 @@ def test_policy_test_command_exit_codes(bundle: Path, capsys):
     assert n >= 16
     assert f"PASS: {n}/{n}" in capsys.readouterr().out
     (bundle / "bad_test.rego").write_text(
-        "package locus.routing\nimport rego.v1\ntest_bad if { 1 == 2 }\n")
+        "package locus.routing\nimport rego.v1\ntest_bad if { 1 == 2 }\n"
+    )
     assert main(["policy", "test", str(bundle)]) == 1
     assert "FAIL bad_test.rego: test_bad" in capsys.readouterr().out
 
@@ -114,16 +140,18 @@ def test_broken_reload_keeps_the_last_good_bundle(bundle: Path, caplog):
 def test_policy_naming_an_unknown_locus_is_an_error(bundle: Path):
     (bundle / "routing.rego").write_text(
         "package locus.routing\nimport rego.v1\n"
-        "decision := {\"allowed\": [\"mars\"], \"denied\": {}, \"obligations\": {}, "
-        "\"capability_floor\": 0}\n")
+        'decision := {"allowed": ["mars"], "denied": {}, "obligations": {}, '
+        '"capability_floor": 0}\n'
+    )
     engine = PolicyEngine(bundle)
     with pytest.raises(PolicyError, match="unknown locus.*mars"):
         engine.evaluate(policy_input())
 
 
 def test_undefined_decision_is_an_error(bundle: Path):
-    (bundle / "routing.rego").write_text("package locus.routing\nimport rego.v1\n"
-                                         "decision := 1 if { input.never }\n")
+    (bundle / "routing.rego").write_text(
+        "package locus.routing\nimport rego.v1\ndecision := 1 if { input.never }\n"
+    )
     with pytest.raises(PolicyError, match="undefined"):
         PolicyEngine(bundle).evaluate(policy_input())
 

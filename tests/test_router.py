@@ -20,18 +20,19 @@ def test_public_request_runs_on_the_cheapest_capable_locus(make_router, server: 
     assert response.choices[0].message.content == "100 degrees Celsius."
     info = response.locus
     assert info["locus"] == "onprem" and info["zone"] == "onprem"
-    assert info["attempts"] == [{"locus": "onprem", "outcome": "ok",
-                                 "latency_ms": info["attempts"][0]["latency_ms"]}]
+    assert info["attempts"] == [
+        {"locus": "onprem", "outcome": "ok", "latency_ms": info["attempts"][0]["latency_ms"]}
+    ]
     assert info["usage"]["completion_tokens"] == 3
-    assert info["cost_usd"] == pytest.approx(
-        (info["usage"]["prompt_tokens"] * 0.2 + 3 * 0.2) / 1e6)
+    assert info["cost_usd"] == pytest.approx((info["usage"]["prompt_tokens"] * 0.2 + 3 * 0.2) / 1e6)
     assert info["policy_revision"] == router.policy.revision
     assert server.calls("onprem") == 1 and server.calls("cloud") == 0
 
 
 def test_confidential_label_keeps_the_request_off_the_cloud(make_router, server: FaultServer):
-    router = make_router([{**_spec(server, "cloud", "cloud"), "capability": 9},
-                          _spec(server, "onprem", "onprem")])
+    router = make_router(
+        [{**_spec(server, "cloud", "cloud"), "capability": 9}, _spec(server, "onprem", "onprem")]
+    )
     response = router.completion(ASK, context={"data_label": "CONFIDENTIAL"})
     assert response.locus["locus"] == "onprem"
     assert "zone cloud" in response.locus["denied"]["cloud"][0]
@@ -92,8 +93,10 @@ def test_every_allowed_locus_failing_gives_a_clear_error(make_router, server: Fa
 
 def test_content_filter_refusal_is_not_shopped_around(make_router, server: FaultServer):
     router = make_router(["onprem:onprem", "cloud:cloud"])
-    server.script("onprem", [status(400, "flagged by the content filter",
-                                    error_code="content_policy_violation")])
+    server.script(
+        "onprem",
+        [status(400, "flagged by the content filter", error_code="content_policy_violation")],
+    )
     with pytest.raises(Exception) as error:
         router.completion(ASK)
     assert "content" in str(error.value).lower()
@@ -141,8 +144,15 @@ async def test_async_completion_and_stream(make_router, server: FaultServer):
 
 def test_tools_pass_through(make_router, server: FaultServer):
     router = make_router(["onprem:onprem"])
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     router.completion(ASK, tools=tools, tool_choice="auto")
     assert server.requests[-1]["body"]["tools"] == tools
 
@@ -166,14 +176,17 @@ def test_forcing_a_denied_locus_is_refused(make_router, server: FaultServer):
     assert server.requests == []
 
 
-@pytest.mark.parametrize("messages", [
-    [],
-    [{"role": "wizard", "content": "hi"}],
-    [{"role": "user", "content": 42}],
-    [{"role": "user"}],
-    b"not a list at all",
-    [["user", "hi"]],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "wizard", "content": "hi"}],
+        [{"role": "user", "content": 42}],
+        [{"role": "user"}],
+        b"not a list at all",
+        [["user", "hi"]],
+    ],
+)
 def test_bad_messages_are_refused_before_anything_is_sent(make_router, server, messages):
     router = make_router(["onprem:onprem"])
     with pytest.raises(InvalidRequestError):

@@ -24,33 +24,45 @@ OUTCOMES = {
     "reset": reset,
 }
 
-locus_strategy = st.fixed_dictionaries({
-    "zone": st.sampled_from(ZONES),
-    "capability": st.integers(0, 6),
-    "context_window": st.sampled_from([256, 4096, 128000]),
-    "credentials": st.booleans(),
-    "healthy": st.booleans(),
-    "script": st.lists(st.sampled_from(sorted(OUTCOMES)), min_size=1, max_size=3),
-    "max_retries": st.integers(0, 1),
-})
+locus_strategy = st.fixed_dictionaries(
+    {
+        "zone": st.sampled_from(ZONES),
+        "capability": st.integers(0, 6),
+        "context_window": st.sampled_from([256, 4096, 128000]),
+        "credentials": st.booleans(),
+        "healthy": st.booleans(),
+        "script": st.lists(st.sampled_from(sorted(OUTCOMES)), min_size=1, max_size=3),
+        "max_retries": st.integers(0, 1),
+    }
+)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(loci=st.lists(locus_strategy, min_size=1, max_size=4),
-       label=st.sampled_from([None, "PUBLIC", "INTERNAL", "CONFIDENTIAL", "RESTRICTED"]),
-       words=st.integers(1, 400),
-       budget=st.sampled_from([None, 50.0, 5000.0]),
-       cost_cap=st.sampled_from([None, 1e-9, 1.0]))
-def test_no_attempt_ever_reaches_a_denied_locus(server: FaultServer, analyzer, monkeypatch, loci, label,
-                                                words, budget, cost_cap):
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    loci=st.lists(locus_strategy, min_size=1, max_size=4),
+    label=st.sampled_from([None, "PUBLIC", "INTERNAL", "CONFIDENTIAL", "RESTRICTED"]),
+    words=st.integers(1, 400),
+    budget=st.sampled_from([None, 50.0, 5000.0]),
+    cost_cap=st.sampled_from([None, 1e-9, 1.0]),
+)
+def test_no_attempt_ever_reaches_a_denied_locus(
+    server: FaultServer, analyzer, monkeypatch, loci, label, words, budget, cost_cap
+):
     server.scripts.clear()
     server.requests.clear()
     specs = []
     for i, spec in enumerate(loci):
         name = f"l{i}-{spec['zone']}"
-        extra = {"capability": spec["capability"], "context_window": spec["context_window"],
-                 "max_retries": spec["max_retries"], "timeout_s": 5.0}
+        extra = {
+            "capability": spec["capability"],
+            "context_window": spec["context_window"],
+            "max_retries": spec["max_retries"],
+            "timeout_s": 5.0,
+        }
         if spec["zone"] == "cloud" and not spec["credentials"]:
             extra["api_key_env"] = "LOCUS_TEST_KEY_THAT_IS_NOT_SET"
         specs.append(locus_spec(name, spec["zone"], server, **extra))
@@ -96,8 +108,9 @@ def test_no_attempt_ever_reaches_a_denied_locus(server: FaultServer, analyzer, m
 
 
 @pytest.mark.parametrize("label", ["CONFIDENTIAL", "RESTRICTED"])
-def test_failover_never_crosses_the_sovereignty_boundary(make_router, server: FaultServer,
-                                                         label: str):
+def test_failover_never_crosses_the_sovereignty_boundary(
+    make_router, server: FaultServer, label: str
+):
     router = make_router(["edge:device", "rack:onprem", "cloud:cloud"])
     server.script("edge", [status(503)])
     server.script("rack", [status(503)])

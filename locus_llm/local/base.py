@@ -14,7 +14,9 @@ class Delta:
 
     text: str
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the last delta
-    usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens, total_tokens (last delta)
+    usage: dict[str, int] | None = (
+        None  # prompt_tokens, completion_tokens, total_tokens (last delta)
+    )
 
 
 class ContextWindowExceeded(ValueError):

@@ -78,8 +78,9 @@ class Bundle:
     def decision_vm(self) -> regorus.Rvm:
         """The decision rule compiled for regorus's VM: about 2.5x faster than the interpreter."""
         try:
-            program = regorus.Program.compile_from_modules(self.data_json, list(self.modules),
-                                                           [DECISION_RULE])
+            program = regorus.Program.compile_from_modules(
+                self.data_json, list(self.modules), [DECISION_RULE]
+            )
         except Exception as exc:
             raise PolicyError(f"policy error in {_regorus_message(exc)}") from None
         vm = regorus.Rvm()
@@ -103,8 +104,9 @@ def watched_files(folder: Path) -> tuple[str, ...]:
     """The folder and its bundle files, as path strings (cheaper to stat than Path objects)."""
     try:
         with os.scandir(folder) as entries:
-            names = sorted(e.path for e in entries
-                           if e.name.endswith(".rego") or e.name == "data.json")
+            names = sorted(
+                e.path for e in entries if e.name.endswith(".rego") or e.name == "data.json"
+            )
     except OSError:
         return ()
     return (str(folder), *names)
@@ -120,14 +122,16 @@ def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[str, int, int, int], ...]
     file keeps its size and the clock is too coarse to move its mtime.
     """
     try:
-        return tuple((path, (st := os.stat(path)).st_ino, st.st_mtime_ns, st.st_size)
-                     for path in paths)
+        return tuple(
+            (path, (st := os.stat(path)).st_ino, st.st_mtime_ns, st.st_size) for path in paths
+        )
     except OSError:
         return ()
 
 
-def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
-                tests: bool = False) -> Bundle:
+def load_bundle(
+    folder: Path, data_overrides: dict[str, Any] | None = None, *, tests: bool = False
+) -> Bundle:
     """Read and compile the bundle once to validate it, or raise PolicyError naming file:line."""
     folder = Path(folder)
     # Read until the folder holds still: a swap between reading two files would mix revisions.
@@ -145,8 +149,9 @@ def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
     for path, text in modules:
         digest.update(Path(path).name.encode() + b"\0" + text.encode() + b"\0")
     digest.update(b"data\0" + data_json.encode())
-    bundle = Bundle(modules, data_json, digest.hexdigest()[:16], printed, watched,
-                    tuple(p.name for p in files))
+    bundle = Bundle(
+        modules, data_json, digest.hexdigest()[:16], printed, watched, tuple(p.name for p in files)
+    )
     bundle.compile()  # validation: engine and VM are dropped here, on this thread
     bundle.decision_vm()
     return bundle
@@ -155,8 +160,9 @@ def load_bundle(folder: Path, data_overrides: dict[str, Any] | None = None, *,
 class PolicyEngine:
     """Evaluates the routing decision; thread-safe; hot-reloads its bundle folder."""
 
-    def __init__(self, folder: Path, data_overrides: dict[str, Any] | None = None, *,
-                 reload: bool = True) -> None:
+    def __init__(
+        self, folder: Path, data_overrides: dict[str, Any] | None = None, *, reload: bool = True
+    ) -> None:
         self.folder = Path(folder)
         self.data_overrides = data_overrides or {}
         self.reload = reload
@@ -193,12 +199,16 @@ class PolicyEngine:
                 bundle = load_bundle(self.folder, self.data_overrides)
             except PolicyError as exc:
                 if self.last_reload_error != str(exc):
-                    log.error("policy reload rejected, keeping revision %s: %s",
-                              self._bundle.revision, exc)
+                    log.error(
+                        "policy reload rejected, keeping revision %s: %s",
+                        self._bundle.revision,
+                        exc,
+                    )
                 self.last_reload_error = str(exc)
                 # remember the broken state so we do not recompile it on every call
                 self._bundle = dataclasses.replace(
-                    self._bundle, watched=watched, fingerprint=attempted)
+                    self._bundle, watched=watched, fingerprint=attempted
+                )
                 return
             self.last_reload_error = None
             log.info("policy reloaded: revision %s -> %s", self._bundle.revision, bundle.revision)
@@ -206,8 +216,10 @@ class PolicyEngine:
 
     def evaluate(self, policy_input: dict[str, Any]) -> PolicyDecision:
         if not isinstance(policy_input, dict) or not isinstance(policy_input.get("loci"), dict):
-            raise PolicyError("policy input must be an object whose 'loci' is an object of "
-                              "locus name -> attributes")
+            raise PolicyError(
+                "policy input must be an object whose 'loci' is an object of "
+                "locus name -> attributes"
+            )
         self.check_reload()
         bundle = self._bundle  # one reference for the whole evaluation: never half a bundle
         text = _input_json(policy_input)
@@ -219,8 +231,9 @@ class PolicyEngine:
             raise PolicyError(f"policy evaluation failed: {_regorus_message(exc)}") from None
         raw = json.loads(result)
         if raw == "<undefined>":
-            raise PolicyError(f"{DECISION_RULE} is undefined for this input "
-                              f"(revision {bundle.revision})")
+            raise PolicyError(
+                f"{DECISION_RULE} is undefined for this input (revision {bundle.revision})"
+            )
         return parse_decision(raw, set(policy_input["loci"]), bundle.revision)
 
     def _thread_vm(self, bundle: Bundle) -> regorus.Rvm:
@@ -266,8 +279,9 @@ def parse_decision(raw: Any, loci: set[str], revision: str) -> PolicyDecision:
         raise PolicyError("policy decision: capability_floor must be a number")
     return PolicyDecision(
         allowed=sorted(allowed),
-        denied={str(k): [str(r) for r in (v if isinstance(v, list) else [v])]
-                for k, v in denied.items()},
+        denied={
+            str(k): [str(r) for r in (v if isinstance(v, list) else [v])] for k, v in denied.items()
+        },
         redact=sorted(str(t) for t in redact),
         redact_zones=[str(z) for z in zones],
         capability_floor=int(floor),

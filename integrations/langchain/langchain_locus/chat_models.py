@@ -57,7 +57,6 @@ from locus_llm.router import ROUTING_FIELDS, Router, router_for
 # Fields of the routing context (locus_llm.profile.RoutingContext) a caller may set per call.
 
 
-
 def routing_context(
     defaults: dict[str, Any], metadata: dict[str, Any] | None, kwargs: dict[str, Any]
 ) -> dict[str, Any]:

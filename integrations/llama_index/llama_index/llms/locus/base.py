@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 ROLES = {MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 
 
-
 def to_openai_message(message: ChatMessage) -> dict[str, Any]:
     """One LlamaIndex ChatMessage in OpenAI format (text, images, tool calls and results)."""
     role = ROLES.get(message.role, message.role.value)
