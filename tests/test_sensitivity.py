@@ -12,10 +12,17 @@ from typing import Any
 
 import pytest
 
-from locus_llm.analysis.recognizers import abn_valid, acn_valid, medicare_valid, tfn_valid
+from locus_llm.analysis.recognizers import (
+    NrpRecognizer,
+    abn_valid,
+    acn_valid,
+    medicare_valid,
+    tfn_valid,
+)
 from locus_llm.analysis.sensitivity import (
     SensitivityConfig,
     SensitivityDetector,
+    outside_model_spans,
     resolve_overlaps,
     without_label_words,
 )
@@ -383,6 +390,59 @@ def test_a_label_word_is_not_a_name(detector: SensitivityDetector) -> None:
     ]
     kept = without_label_words(text, results, detector._context_words)
     assert [text[r.start : r.end] for r in kept] == ["Perth"]
+
+
+@pytest.mark.parametrize(
+    ("text", "groups"),
+    [
+        ("There's this nice new Croatian place downtown.", ["Croatian"]),
+        ("The Russian government formally began the process.", ["Russian"]),
+        ("We are proud paraguayans", ["paraguayans"]),  # a lower-case plural still names a group
+        (
+            "Two Englishmen, three Sikhs and the South Africans",
+            ["Englishmen", "Sikhs", "South Africans"],
+        ),
+        (
+            "Roman Catholic and Sunni leaders met Social Democrats",
+            ["Roman Catholic", "Sunni", "Social Democrats"],
+        ),
+        ("an African-American and a Middle-Eastern chef", ["African-American", "Middle-Eastern"]),
+        ("we are proud americans", ["americans"]),  # text without capitals: any case
+    ],
+)
+def test_nationalities_religions_and_parties_are_groups(text: str, groups: list[str]) -> None:
+    hits = NrpRecognizer().analyze(text, [])
+    assert [text[r.start : r.end] for r in hits] == groups
+    assert {r.entity_type for r in hits} == {"NRP"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please answer in English.",  # a language, not a group
+        "She was studying English and journalism",
+        "Translated from Spanish by the author",
+        "We flew to the Czech Republic on Labor Day",  # first word of a proper name
+        "The European Union and the United Arab Emirates",
+        "Please polish the car and order some french fries",  # lower case beside capitals
+        "The labor market and the tory benches",  # common words unless capitalised
+        "Frenchy and Danishness are no entries",  # whole words only
+    ],
+)
+def test_words_that_are_not_groups(text: str) -> None:
+    assert NrpRecognizer().analyze(text, []) == []
+
+
+def test_a_group_word_defers_to_the_model_span_around_it(detector: SensitivityDetector) -> None:
+    """ "American" inside a span the model read in context ("American Express" as a company)
+    is not a group; the same word outside any model span is."""
+    text = "I paid with American Express at the Italian restaurant."
+    model = [_result("ORGANIZATION", 12, 28, 0.9, "OnnxNerRecognizer")]
+    hits = outside_model_spans(NrpRecognizer().analyze(text, []), model)
+    assert [text[r.start : r.end] for r in hits] == ["Italian"]
+    entities = {text[e.start : e.end]: e.type for e in detector.detect(text)}
+    assert entities.get("Italian") == "NRP"
+    assert SensitivityDetector(SensitivityConfig(ner="none", nrp_words=False)).detect(text) == []
 
 
 def test_number_with_an_unrelated_word_after_is_not_a_phone(

@@ -577,3 +577,166 @@ def context_recognizers() -> list[EntityRecognizer]:
             r"\d{4}",
         ),
     ]
+
+
+# Nationalities, peoples, religions and political groups (presidio's NRP; spaCy's NORP): a closed
+# class of words, so a word list finds them in any sentence, where the tagger only knows the
+# contexts it was trained on. Adjective and person forms; a plural "s"/"es" is accepted on any.
+_NRP_WORDS = """
+afghan albanian algerian american andorran angolan antiguan argentine argentinian armenian
+australian austrian azerbaijani azeri bahamian bahraini bangladeshi barbadian belarusian belgian
+belizean beninese bhutanese bolivian bosnian bosniak botswanan brazilian british briton bruneian
+bulgarian burkinabe burmese burundian cambodian cameroonian canadian chadian chilean chinese
+colombian comorian congolese croatian cuban cypriot czech dane danish djiboutian dominican dutch
+dutchman dutchwoman ecuadorian ecuadorean egyptian emirati english englishman englishwoman
+eritrean estonian ethiopian fijian filipino filipina finn finnish french frenchman frenchwoman
+gabonese gambian georgian german ghanaian greek greenlander greenlandic grenadian guatemalan
+guinean guyanese haitian honduran hungarian icelander icelandic indian indonesian iranian iraqi
+irish irishman irishwoman israeli italian ivorian jamaican japanese jordanian kazakh kenyan
+korean kosovar kuwaiti kyrgyz laotian latvian lebanese liberian libyan liechtensteiner
+lithuanian luxembourger macedonian malagasy malawian malaysian maldivian malian maltese
+mauritanian mauritian mexican moldovan monegasque mongolian montenegrin moroccan mozambican
+namibian nepalese nepali nicaraguan nigerian nigerien norwegian omani pakistani palestinian
+panamanian paraguayan persian peruvian polish portuguese qatari romanian russian rwandan
+salvadoran salvadorean samoan saudi scot scottish senegalese serb serbian seychellois
+singaporean slovak slovakian slovene slovenian somali spaniard spanish sudanese surinamese swazi
+swede swedish swiss syrian taiwanese tajik tanzanian thai tibetan togolese tongan trinidadian
+tunisian turk turkish turkmen tuvaluan ugandan ukrainian uruguayan uzbek venezuelan vietnamese
+welsh welshman welshwoman yemeni yugoslav zambian zimbabwean
+chechen kurd kurdish basque catalan flemish walloon tamil punjabi bengali gujarati pashtun hmong
+maori aboriginal inuit cherokee navajo bedouin berber tatar yoruba igbo hausa zulu xhosa maasai
+romani sami hispanic latino latina arab asian african european caribbean scandinavian nordic
+balkan slavic anglo celtic gaelic
+christian catholic protestant anglican baptist methodist lutheran presbyterian evangelical
+pentecostal mormon quaker amish mennonite muslim moslem islamic sunni shia shii shiite sufi
+ahmadi shi'a shi'i shi'ite jewish jew hasidic hindu buddhist sikh jain bahai baha'i zoroastrian parsi taoist shinto
+confucian wiccan druze rastafarian atheist agnostic alawite coptic maronite
+democrat republican tory tories labour labor socialist communist marxist leninist maoist
+trotskyist fascist nazi libertarian anarchist nationalist zionist unionist loyalist bolshevik
+peronist gaullist sandinista baathist islamist
+"""
+_NRP_PHRASES = """
+cape verdean|costa rican|new zealander|north korean|south korean|papua new guinean|saudi arabian
+sierra leonean|solomon islander|south african|sri lankan|latin american|north american
+south american|central american|middle eastern|african american|native american|roman catholic
+greek orthodox|russian orthodox|eastern orthodox|orthodox jewish|social democrat|christian democrat
+"""
+# Common words in lower case ("polish the car", "a liberal amount", "the labor market") and
+# peoples that are also first names: only capitalised.
+_NRP_CASED_ONLY = {"polish", "labor", "labour", "christian", "tory", "tories", "nationalist"}
+_NRP_CASED_ONLY |= {"unionist", "loyalist", "republican", "democrat", "socialist", "communist"}
+_NRP_CASED_ONLY |= {"catholic", "evangelical", "anglo", "nordic", "celtic", "arab", "jain"}
+# Language names are not groups: "in English", "translated from Spanish", "French grammar".
+_LANGUAGE_BEFORE = {"in", "into", "from", "speak", "speaks", "spoke", "speaking", "learn"}
+_LANGUAGE_BEFORE |= {"learning", "translate", "translated", "translating", "fluent", "native"}
+_LANGUAGE_BEFORE |= {"study", "studies", "studied", "studying", "teach", "teaches", "teaching"}
+_LANGUAGE_BEFORE |= {"taught", "major", "majoring", "majored", "write", "writes", "wrote"}
+# A group word followed by one of these is a piece of a proper name: "Czech Republic", "United
+# Arab Emirates", "European Union", "Labor Day", "Indian Ocean".
+_NAME_TAILS = {"republic", "emirates", "arabia", "union", "day", "ocean", "sea", "empire"}
+_NAME_TAILS |= {"kingdom", "federation", "island", "islands", "peninsula", "airlines", "airways"}
+_NAME_TAILS |= {"express"}
+_LANGUAGE_AFTER = {"language", "languages", "translation", "version", "text", "word", "words"}
+_LANGUAGE_AFTER |= {"speaker", "speakers", "grammar", "subtitles", "dictionary", "lesson"}
+_LANGUAGE_AFTER |= {"lessons", "course", "class", "teacher", "sentence", "sentences", "phrase"}
+_LANGUAGE_AFTER |= {"phrases", "spelling", "keyboard", "locale", "alphabet"}
+_NRP_TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_NEXT_WORD = re.compile(r"[\s\-]+([^\W\d_]+)")
+_EDGE_PUNCTUATION = "\"'’‘“”.,;:!?()[]{}<>*_/\\|#@&~`"
+_PREVIOUS_WORD = re.compile(r"([^\W\d_]+)[^\w]*$")
+
+
+def nrp_forms() -> dict[str, str]:
+    """Every written form of the list (lower case) → its entry: the word, its plurals in "s" and
+    "es" ("Russians", "Sikhs"), "-men" for "-man" ("Englishmen"), and each phrase with a plural
+    last word ("South Africans")."""
+    forms: dict[str, str] = {}
+    entries = _NRP_WORDS.split() + [
+        " ".join(p.split()) for p in _NRP_PHRASES.replace("\n", "|").split("|") if p.strip()
+    ]
+    for entry in entries:
+        for form in (entry, entry + "s", entry + "es"):
+            forms.setdefault(form, entry)
+        if entry.endswith("man"):
+            forms.setdefault(entry[:-3] + "men", entry)
+    return forms
+
+
+class NrpRecognizer(LocalRecognizer):
+    """Nationalities, religions and political groups from a word list. In text that uses
+    capitals, a word counts when capitalised, or as a lower-case plural ("we are proud
+    saudis"); a lower-case singular there is more often a common word ("french fries"). Not a
+    group: a language in a language context ("answer in English"), or the first word of a
+    proper name ("Czech Republic", "Labor Day"). The detector runs it after the NER model and
+    keeps only the hits the model's spans do not touch: the model reads context ("American
+    Express" is a company)."""
+
+    def __init__(self, score: float = 0.6) -> None:
+        self._forms = nrp_forms()
+        self._phrases = [
+            (f, set(f.split()))
+            for f in sorted((f for f in self._forms if " " in f), key=len, reverse=True)
+        ]
+        self._score = score
+        super().__init__(supported_entities=["NRP"], name="NrpRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        if entities and "NRP" not in entities:
+            return []
+        lowered = text.lower()
+        # The words of the text as a set (split and strip run in C), then a search for just the
+        # forms among them: a long text costs about one split.
+        present = {w.strip(_EDGE_PUNCTUATION) for w in set(lowered.split())}
+        present |= {part for w in present if "-" in w for part in w.split("-")}
+        wanted = present & self._forms.keys()
+        phrases = [f for f, parts in self._phrases if parts <= present]
+        if not wanted and not phrases:
+            return []
+        found: list[tuple[int, int, str]] = []
+        for form in wanted:
+            at = lowered.find(form)
+            while at >= 0:
+                found.append((at, at + len(form), form))
+                at = lowered.find(form, at + len(form))
+        if phrases:
+            body = "|".join(re.escape(f).replace(r"\ ", r"[\s\-]+") for f in phrases)
+            for match in re.finditer(body, lowered):
+                key = " ".join(re.split(r"[\s\-]+", match.group()))
+                found.append((match.start(), match.end(), key))
+        mixed_case = text != lowered
+        results: list[RecognizerResult] = []
+        last_end = -1
+        # longest first at each start; a hit inside a phrase already taken is skipped
+        for start, end, key in sorted(found, key=lambda f: (f[0], f[0] - f[1])):
+            if start < last_end or not self._whole_word(lowered, start, end):
+                continue
+            entry = self._forms[key]
+            lower_case = not text[start].isupper()
+            if lower_case and (entry in _NRP_CASED_ONLY or (mixed_case and key == entry)):
+                continue
+            after = _NEXT_WORD.match(lowered, end)
+            if after and after.group(1) in _NAME_TAILS:
+                continue
+            if " " not in entry and self._language_use(lowered, start, after):
+                continue
+            results.append(RecognizerResult("NRP", start, end, self._score))
+            last_end = end
+        return results
+
+    @staticmethod
+    def _whole_word(lowered: str, start: int, end: int) -> bool:
+        before = lowered[start - 1] if start > 0 else " "
+        after = lowered[end] if end < len(lowered) else " "
+        return not (before.isalnum() or before in "'’") and not after.isalnum()
+
+    @staticmethod
+    def _language_use(lowered: str, start: int, after: re.Match[str] | None) -> bool:
+        before = _PREVIOUS_WORD.search(lowered, max(0, start - 24), start)
+        return bool(before and before.group(1) in _LANGUAGE_BEFORE) or bool(
+            after and after.group(1) in _LANGUAGE_AFTER
+        )

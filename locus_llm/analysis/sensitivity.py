@@ -131,6 +131,8 @@ class SensitivityConfig(BaseModel):
     ner_min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     ner_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime intra-op threads per call
     ner_model_dir: str | None = None  # a model directory of ner_train's format; None: the packaged
+    # nationalities, religions and political groups (NRP) from a word list, where no model span is
+    nrp_words: bool = True
     keywords: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     rules: dict[str, EntityRule] = Field(default_factory=default_rules)
     default_class: str = "INTERNAL"  # for a reported type missing from `rules`
@@ -250,6 +252,23 @@ def without_label_words(
     return [r for r in results if text[r.start : r.end].lower() not in words]
 
 
+def outside_model_spans(
+    results: list[RecognizerResult], found: list[RecognizerResult]
+) -> list[RecognizerResult]:
+    """The results that overlap none of the model's spans in `found`: where the model has read
+    a word in context ("American Express" as a company), a word list defers to it."""
+    models = sorted((r for r in found if _from_ner(r)), key=lambda r: r.start)
+    starts = [m.start for m in models]
+    longest = max((m.end - m.start for m in models), default=0)
+    kept = []
+    for r in results:
+        low = bisect.bisect_left(starts, r.start - longest)
+        high = bisect.bisect_left(starts, r.end)
+        if not any(m.end > r.start for m in models[low:high]):
+            kept.append(r)
+    return kept
+
+
 def boost_by_context(
     text: str, results: list[RecognizerResult], context: dict[str, list[str]], boost: float
 ) -> None:
@@ -314,6 +333,12 @@ def ner_recognizer(config: SensitivityConfig) -> EntityRecognizer | None:
     return NerRecognizer(model_dir, min_score=config.ner_min_score, threads=config.ner_threads)
 
 
+def ours_nrp() -> EntityRecognizer:
+    from locus_llm.analysis.recognizers import NrpRecognizer
+
+    return NrpRecognizer()
+
+
 def _nlp_engine(config: SensitivityConfig) -> Any:
     from presidio_analyzer.nlp_engine import NoOpNlpEngine
 
@@ -366,6 +391,7 @@ class SensitivityDetector:
         names |= {"amex", "jcb", "bitcoin", "medicare"}
         self._context_words = {w for ws in self._context.values() for w in ws} - names
         self._ner = ner_recognizer(self.config)
+        self._nrp = ours_nrp() if self.config.nrp_words else None
         # Warm up: compiles every recognizer's regexes now, not racily in the first requests.
         self.detect("Call Jane Citizen on +61 2 9999 9999 or jane@example.com, TFN 123 456 782.")
 
@@ -384,6 +410,8 @@ class SensitivityDetector:
             WINDOW_CACHE.reset(token)
         if self._ner is not None:
             results += without_label_words(text, self._ner.analyze(text, []), self._context_words)
+        if self._nrp is not None:
+            results += outside_model_spans(self._nrp.analyze(text, []), results)
         boost_by_context(text, results, self._context, self.config.context_boost)
         results = [r for r in results if r.score >= self.config.score_threshold]
         return [
