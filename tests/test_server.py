@@ -9,6 +9,7 @@ when it has been prepared in the model cache, and reach it through LiteLLM and t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -31,7 +32,13 @@ import pytest
 
 from locus_llm.errors import ConfigError
 from locus_llm.local.base import ContextWindowExceeded, Delta
-from locus_llm.server import ServerThread, add_commands, create_app
+from locus_llm.server import (
+    ServerThread,
+    add_commands,
+    create_app,
+    parse_chat_request,
+    sse_events,
+)
 
 EOS = "\x00"
 CORPUS = """\
@@ -275,10 +282,48 @@ def test_stream_concatenates_to_the_direct_output(
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert streamed == text
-    assert len(chunks) > 3  # token by token, not one lump
     assert chunks[-1]["choices"][0]["finish_reason"] == finish
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert all("usage" not in c for c in chunks)
+
+
+def test_a_model_slower_than_the_server_streams_token_by_token(
+    client: httpx.Client, slow: CharBigramModel
+) -> None:
+    request = {"model": "slow", "messages": USER, "max_tokens": 12, "temperature": 0}
+    with client.stream("POST", "/v1/chat/completions", json=request | {"stream": True}) as response:
+        chunks = _sse_events(response)[1:-2]  # the content chunks: no role, finish or [DONE]
+    text, _, _ = _direct(slow, USER, max_tokens=12, temperature=0.0)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == text
+    # 10 ms a token: the server has long sent each delta before the next one comes
+    assert len(chunks) > len(text) // 2
+
+
+def test_deltas_that_queued_up_go_out_as_one_chunk(tiny: CharBigramModel) -> None:
+    """When the event loop falls behind the model, the backlog is sent as one event."""
+    chat = parse_chat_request(
+        json.dumps({"model": "tiny", "messages": USER, "stream": True}).encode(), {"tiny": tiny}
+    )
+    usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+    async def events() -> list[str]:
+        queue: asyncio.Queue = asyncio.Queue()
+        for delta in (Delta("b"), Delta("c"), Delta("d", "length", usage)):
+            queue.put_nowait(delta)
+        queue.put_nowait(None)
+        return [event async for event in sse_events("chatcmpl-1", chat, Delta("a"), queue)]
+
+    sent = asyncio.run(events())
+    assert sent[-1] == "data: [DONE]\n\n"
+    role, content, finish = (json.loads(e.removeprefix("data: ")) for e in sent[:-1])
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert content["choices"][0]["delta"] == {"content": "abcd"}
+    assert finish["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
 
 
 def test_stream_include_usage_ends_with_a_usage_chunk(
@@ -520,14 +565,18 @@ def test_a_failing_model_is_500_and_the_server_carries_on(
     assert ok.status_code == 200
 
 
-def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(client: httpx.Client) -> None:
+def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(
+    client: httpx.Client, tiny: CharBigramModel
+) -> None:
     request = {"model": "breaks-later", "messages": USER, "stream": True, "temperature": 0}
     with client.stream("POST", "/v1/chat/completions", json=request) as response:
         assert response.status_code == 200  # the failure comes after the first tokens
         events = _sse_events(response)
     assert events[-1] == "[DONE]"
     assert "onnxruntime session died" in events[-2]["error"]["message"]
-    assert sum(1 for e in events[:-2] if e["choices"][0]["delta"].get("content")) == 3
+    # the three tokens made before the failure arrive (in one chunk or several)
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    assert streamed == _direct(tiny, USER, max_tokens=3, temperature=0.0)[0]
 
 
 def test_unknown_paths_and_methods_answer_in_the_error_format(client: httpx.Client) -> None:
@@ -652,9 +701,15 @@ def test_shutdown_past_the_grace_period_cancels_generation() -> None:
         "stream": True,
         "temperature": 0,
     }
-    reader = threading.Thread(
-        target=lambda: httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
-    )
+    cut: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
+        except httpx.RemoteProtocolError as error:
+            cut.append(error)
+
+    reader = threading.Thread(target=read)
     reader.start()
     assert _wait_for(lambda: model.running == 1)
     started = time.monotonic()
@@ -663,6 +718,7 @@ def test_shutdown_past_the_grace_period_cancels_generation() -> None:
     assert _wait_for(lambda: model.finished != [], timeout=3)
     assert model.finished[0][0] == "cancelled"
     reader.join(5)
+    assert cut, "the client should see its stream cut off, not completed"
 
 
 SERVE_SCRIPT = """
@@ -670,16 +726,17 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_server import CharBigramModel
 from locus_llm.server import serve
-serve({{"tiny": CharBigramModel()}}, port={port})
+serve({{"tiny": CharBigramModel()}}, port={port}, access_log={access_log})
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serve_stops_gracefully_on_signals(sig: signal.Signals) -> None:
+@pytest.mark.parametrize(("sig", "access_log"), [(signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_serve_stops_gracefully_on_signals(sig: signal.Signals, access_log: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    script = SERVE_SCRIPT.format(tests=str(Path(__file__).parent), port=port)
+    tests = str(Path(__file__).parent)
+    script = SERVE_SCRIPT.format(tests=tests, port=port, access_log=access_log)
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script)],
         stdout=subprocess.PIPE,
@@ -698,6 +755,8 @@ def test_serve_stops_gracefully_on_signals(sig: signal.Signals) -> None:
     assert process.returncode == 0, output
     assert "Shutting down" in output
     assert "Traceback" not in output
+    # one line per request only when asked for: it costs about as much CPU as the request
+    assert ('"POST /v1/chat/completions HTTP/1.1" 200' in output) is access_log
 
 
 def _answers(url: str) -> bool:
