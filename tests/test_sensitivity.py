@@ -25,6 +25,7 @@ from locus_llm.analysis.sensitivity import (
     outside_model_spans,
     resolve_overlaps,
     without_label_words,
+    years_not_places,
 )
 from locus_llm.profile import DataClass, Entity
 
@@ -443,6 +444,39 @@ def test_a_group_word_defers_to_the_model_span_around_it(detector: SensitivityDe
     entities = {text[e.start : e.end]: e.type for e in detector.detect(text)}
     assert entities.get("Italian") == "NRP"
     assert SensitivityDetector(SensitivityConfig(ner="none", nrp_words=False)).detect(text) == []
+
+
+def test_a_country_the_model_calls_a_group_is_a_place() -> None:
+    """The model's NRP span is kept when it is a form of the list, else it is a location; the
+    list's own hits are never retyped."""
+    text = "The Croatian chef moved to Tunisia"
+    recognizer = NrpRecognizer()
+    model = [
+        _result("NRP", 4, 12, 0.8, "OnnxNerRecognizer"),
+        _result("NRP", 27, 34, 0.8, "OnnxNerRecognizer"),
+    ]
+    typed = [recognizer.place_not_group(text, r) for r in model]
+    assert [(r.entity_type, text[r.start : r.end]) for r in typed] == [
+        ("NRP", "Croatian"),
+        ("LOCATION", "Tunisia"),
+    ]
+    own = recognizer.analyze(text, [])
+    assert [recognizer.place_not_group(text, r).entity_type for r in own] == ["NRP"]
+
+
+def test_a_year_the_model_calls_a_place_is_a_date(detector: SensitivityDetector) -> None:
+    text = "The orchestra was founded in 1977 in Perth."
+    results = [
+        _result("LOCATION", 29, 33, 0.9, "OnnxNerRecognizer"),
+        _result("DATE_TIME", 29, 33, 0.6, "ContextNumberRecognizer"),
+        _result("LOCATION", 37, 42, 0.9, "OnnxNerRecognizer"),
+    ]
+    kept = years_not_places(text, results)
+    assert [(r.entity_type, text[r.start : r.end]) for r in kept] == [
+        ("DATE_TIME", "1977"),
+        ("LOCATION", "Perth"),
+    ]
+    assert ("DATE_TIME", "1977") in [(e.type, text[e.start : e.end]) for e in detector.detect(text)]
 
 
 def test_number_with_an_unrelated_word_after_is_not_a_phone(

@@ -728,6 +728,20 @@ class NrpRecognizer(LocalRecognizer):
             last_end = end
         return results
 
+    def place_not_group(self, text: str, result: RecognizerResult) -> RecognizerResult:
+        """A model's group span that is no form of the list is a country's name ("Tunisia",
+        "Czech Republic"): the model, trained on data that labels a few of them as groups,
+        sometimes calls them so. It becomes a location."""
+        if result.entity_type != "NRP" or result.recognition_metadata is None:
+            return result
+        if result.recognition_metadata.get("recognizer_name") == self.name:
+            return result
+        value = " ".join(re.split(r"[\s\-]+", text[result.start : result.end].lower()))
+        if value in self._forms:
+            return result
+        result.entity_type = "LOCATION"
+        return result
+
     @staticmethod
     def _whole_word(lowered: str, start: int, end: int) -> bool:
         before = lowered[start - 1] if start > 0 else " "

@@ -269,6 +269,22 @@ def outside_model_spans(
     return kept
 
 
+def years_not_places(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """A model's place that is only a number and exactly a year the date pattern found after a
+    preposition of time ("founded in 1977") is that year: the model reads "in N" as a place."""
+    dates = {(r.start, r.end) for r in results if r.entity_type == "DATE_TIME" and not _from_ner(r)}
+    return [
+        r
+        for r in results
+        if not (
+            r.entity_type == "LOCATION"
+            and _from_ner(r)
+            and (r.start, r.end) in dates
+            and text[r.start : r.end].isdigit()
+        )
+    ]
+
+
 def boost_by_context(
     text: str, results: list[RecognizerResult], context: dict[str, list[str]], boost: float
 ) -> None:
@@ -411,7 +427,9 @@ class SensitivityDetector:
         if self._ner is not None:
             results += without_label_words(text, self._ner.analyze(text, []), self._context_words)
         if self._nrp is not None:
+            results = [self._nrp.place_not_group(text, r) for r in results]
             results += outside_model_spans(self._nrp.analyze(text, []), results)
+        results = years_not_places(text, results)
         boost_by_context(text, results, self._context, self.config.context_boost)
         results = [r for r in results if r.score >= self.config.score_threshold]
         return [
