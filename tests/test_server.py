@@ -805,6 +805,26 @@ def test_litellm_reaches_the_server(
     assert "".join(c.choices[0].delta.content or "" for c in stream) == text
 
 
+def test_a_registered_price_reaches_litellm_through_the_server(
+    litellm: Any, tiny: CharBigramModel
+) -> None:
+    from locus_llm.local.provider import register_price
+
+    with ServerThread(create_app({"priced-tiny": tiny})) as url:
+        common = {"api_base": url + "/v1", "api_key": "unused", "max_tokens": 12}
+        model = "hosted_vllm/priced-tiny"
+        unpriced = litellm.completion(model=model, messages=USER, **common)
+        assert unpriced._hidden_params["response_cost"] is None  # LiteLLM does not know it
+        assert register_price(model, 0.05, 0.10)
+        assert not register_price(model, 1.0, 1.0)  # registered once
+        assert not register_price("openai/gpt-4o-mini", 1.0, 1.0)  # LiteLLM's own price stays
+        response = litellm.completion(model=model, messages=USER, **common)
+    usage = response.usage
+    expected = (usage.prompt_tokens * 0.05 + usage.completion_tokens * 0.10) / 1e6
+    assert response._hidden_params["response_cost"] == pytest.approx(expected)
+    assert litellm.get_model_info("openai/gpt-4o-mini")["input_cost_per_token"] != 1.0 / 1e6
+
+
 # --- the real SmolLM2 (issue 5 part A's ONNX runtime) --------------------------------------------
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]

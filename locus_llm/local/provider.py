@@ -57,6 +57,33 @@ def register(costs: dict[str, tuple[float, float]] | None = None) -> None:
         pass
 
 
+def register_price(model: str, usd_per_mtok_in: float, usd_per_mtok_out: float) -> bool:
+    """Tell LiteLLM the price of a served model it does not know, e.g. `hosted_vllm/smollm2`.
+
+    LiteLLM prices every response. For a `provider/model` missing from its cost map it first
+    searches name variants and capability generalizations (about 1,400 Python calls, ~1 ms of
+    CPU per call; benchmarks/bench_serve.py), then reports no cost: `response_cost` is None and
+    `litellm.completion_cost` raises. Registered, the lookup is direct and LiteLLM's cost agrees
+    with the caller's price. A model LiteLLM already prices keeps LiteLLM's price. Returns
+    whether the price was registered.
+    """
+    provider, _, name = model.partition("/")
+    if not name:  # no provider prefix: LiteLLM keys such models by their bare name
+        return False
+    import litellm
+    from litellm.exceptions import ModelNotMappedError
+
+    with _REGISTER_LOCK:
+        try:
+            litellm.get_model_info(model)
+            return False
+        except ModelNotMappedError:
+            pass
+        price = _price_entry(provider, usd_per_mtok_in / 1e6, usd_per_mtok_out / 1e6)
+        litellm.register_model({model: price})
+    return True
+
+
 def generation_options(optional_params: dict[str, Any]) -> dict[str, Any]:
     """LiteLLM's OpenAI-style parameters → `ChatModel.stream_chat` keyword arguments."""
     options: dict[str, Any] = {}
@@ -82,16 +109,20 @@ def _register_cost(litellm: Any, name: str, per_in: float, per_out: float) -> No
         and entry.get("output_cost_per_token") == per_out
     ):
         return
-    litellm.register_model(
-        {
-            key: {
-                "input_cost_per_token": per_in,
-                "output_cost_per_token": per_out,
-                "litellm_provider": PROVIDER,
-                "mode": "chat",
-            }
-        }
-    )
+    litellm.register_model({key: _price_entry(PROVIDER, per_in, per_out)})
+
+
+def _price_entry(provider: str, per_in: float, per_out: float) -> dict[str, Any]:
+    """A LiteLLM cost-map entry. Cached prompt tokens cost what other prompt tokens cost, as in
+    the router's accounting (and LiteLLM warns about every entry that leaves them out)."""
+    return {
+        "input_cost_per_token": per_in,
+        "output_cost_per_token": per_out,
+        "cache_creation_input_token_cost": per_in,
+        "cache_read_input_token_cost": per_in,
+        "litellm_provider": provider,
+        "mode": "chat",
+    }
 
 
 def _stream(
