@@ -24,6 +24,8 @@ measured per request: the request's total time minus the runtime's own time in t
 generation;dur=...` header). The model's time swings with the load on a shared machine by far
 more than 2 ms; subtracting it request by request leaves the cost of the path. Differences
 between paths are paired: the same prompt in the same round, whose paths ran back to back.
+Before each timed request, LiteLLM's background logging of the previous ones is let finish
+(untimed), so that no path is charged another's logging.
 
 Part 2, the path alone: the same server code in a child process serving a model that costs
 nothing (it echoes words), so each request's whole time is the path's, streamed or not; the
@@ -53,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -70,6 +73,7 @@ PROMPTS = [
     "Give me one word that rhymes with cat.",
 ]
 TARGET_ADDED_MS = 2.0
+_LITELLM_LOGGING: list[Future] = []  # LiteLLM's background logging tasks (see _track_litellm)
 Timings = dict[str, list[tuple[float, float]]]  # path → [(total ms, runtime ms)] per request
 Path = Callable[[list[dict[str, str]]], tuple[str, float]]
 
@@ -144,6 +148,7 @@ def _measure_real(model: Any, name: str, base_url: str, rounds: int, max_tokens:
     from locus_llm.local.provider import register
 
     register()
+    _track_litellm()
     litellm.suppress_debug_info = True
     client = httpx.Client(base_url=base_url, timeout=60)
     params = {"max_tokens": max_tokens, "temperature": 0}
@@ -296,10 +301,12 @@ def _measure_path(
     timings = _interleave(paths, conversations, rounds)
     cpu = {}  # path → (client CPU ms, server CPU ms) per request, each path in its own block
     for name, path in paths.items():
+        _settle_litellm()
         client_before, server_before = _client_cpu_ms(), _server_cpu_ms(server_pid)
         for _ in range(rounds):
             for conversation in conversations:
                 path(conversation)
+        _settle_litellm()
         requests = rounds * len(conversations)
         cpu[name] = (
             (_client_cpu_ms() - client_before) / requests,
@@ -338,10 +345,38 @@ def _interleave(
         for conversation in conversations:
             shift = round_number % len(order)
             for name in order[shift:] + order[:shift]:
+                _settle_litellm()
                 started = time.perf_counter()
                 _, runtime_ms = paths[name](conversation)
                 timings[name].append(((time.perf_counter() - started) * 1000, runtime_ms))
     return timings
+
+
+def _settle_litellm() -> None:
+    """Wait (untimed) until LiteLLM's background logging of the requests so far has finished.
+
+    LiteLLM hands every finished call to a logging thread (about 1,000 Python calls even with no
+    callbacks). Left running, it overlaps the next request and is charged to whichever path then
+    waits on a socket, while an in-process path charges it to the runtime's time, which part 1
+    subtracts. Settled, each request pays for its own work only; the logging's CPU time still
+    counts in part 2's CPU columns.
+    """
+    wait(_LITELLM_LOGGING)
+    _LITELLM_LOGGING.clear()
+
+
+def _track_litellm() -> None:
+    """Record the tasks LiteLLM submits to its logging executor, for _settle_litellm."""
+    from litellm.litellm_core_utils.thread_pool_executor import executor
+
+    submit = executor.submit
+
+    def tracked(*args: Any, **kwargs: Any) -> Future:
+        future = submit(*args, **kwargs)
+        _LITELLM_LOGGING.append(future)
+        return future
+
+    executor.submit = tracked
 
 
 def _report(
