@@ -13,8 +13,12 @@ profiler's own cost per node is counted).
         [--tokens 128] [--runs 5] [--long-prompt 4000] [--folder MODEL_FOLDER]
 
 `--folder` measures an existing model folder (e.g. an older conversion) instead of converting.
-LOCUS_ONNX_SPIN=1 lets onnxruntime's worker threads spin between operators (faster on an idle
-machine, wasteful on a busy one; off by default).
+LOCUS_ONNX_SPIN_US=N makes onnxruntime's worker threads spin N µs before sleeping (0: never).
+The runtime child also
+times, in one process and alternating, the same decode with threads that spin, that never spin,
+and with one thread (`decode_*_vs_no_spin` ratios, < 1: faster): what waking sleeping worker
+threads costs, and which setting the machine's load favours. The main figures use the
+runtime's default, which spins only when the load average leaves a core idle (`spin_us`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def rss_mb() -> tuple[float, float]:
 
 def measure_runtime(folder: Path, threads: int, tokens: int, runs: int) -> dict[str, Any]:
     """TTFT, decode speed and memory of one model folder (run in a fresh process)."""
-    from locus_llm.local.runtime import OnnxChatModel
+    from locus_llm.local.runtime import OnnxChatModel, spin_microseconds
 
     started = time.perf_counter()
     model = OnnxChatModel(folder, threads=threads)
@@ -67,6 +71,7 @@ def measure_runtime(folder: Path, threads: int, tokens: int, runs: int) -> dict[
         decode_wall.append((time.perf_counter() - wall1) / (generated - 1))
         decode_cpu.append((time.process_time() - cpu1) / (generated - 1))
     current, peak = rss_mb()
+    compared = compare_thread_waiting(folder, threads, prompt, tokens, max(runs, 4))
     decode_floor = kernel_floor_ms(folder, threads, 1, PROMPT_TOKENS)
     return {
         "decode_ms_per_token_kernel_floor": round(decode_floor, 2),
@@ -82,10 +87,59 @@ def measure_runtime(folder: Path, threads: int, tokens: int, runs: int) -> dict[
         "decode_ms_per_token_cpu": round(statistics.median(decode_cpu) * 1000, 2),
         "decode_tokens_per_s_wall": round(1 / statistics.median(decode_wall), 1),
         "decode_ms_per_token_wall_best_run": round(min(decode_wall) * 1000, 2),
-        "spinning": os.environ.get("LOCUS_ONNX_SPIN", "0"),
+        "spin_us": spin_microseconds(),
+        **compared,
         "rss_mb": round(current, 1),
         "peak_rss_mb": round(peak, 1),
     }
+
+
+def compare_thread_waiting(
+    folder: Path, threads: int, prompt: list[int], tokens: int, rounds: int
+) -> dict[str, Any]:
+    """Decode ms/token of the folder with worker threads that spin SPIN_MICROSECONDS, that never
+    spin, and with one thread, alternating in this process so that load hits all alike (ratios
+    against no spinning, the behaviour before spinning was allowed). Run after the RSS reading:
+    these sessions do not count in it."""
+    from locus_llm.local.runtime import SPIN_MICROSECONDS, OnnxChatModel
+
+    def session(spin_us: int, threads: int) -> OnnxChatModel:
+        saved = os.environ.get("LOCUS_ONNX_SPIN_US")
+        os.environ["LOCUS_ONNX_SPIN_US"] = str(spin_us)
+        try:
+            return OnnxChatModel(folder, threads=threads)
+        finally:
+            if saved is None:
+                del os.environ["LOCUS_ONNX_SPIN_US"]
+            else:
+                os.environ["LOCUS_ONNX_SPIN_US"] = saved
+
+    contenders = {
+        "no_spin": session(0, threads),
+        "spin": session(SPIN_MICROSECONDS, threads),
+        "one_thread": session(0, 1),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, contender in contenders.items():
+            times[name].append(decode_ms_per_token(contender, prompt, min(tokens, 64)))
+    figures: dict[str, Any] = {}
+    for name in contenders:
+        figures[f"decode_ms_per_token_wall_{name}"] = round(statistics.median(times[name]), 2)
+    for name in ("spin", "one_thread"):
+        pairs = zip(times[name], times["no_spin"], strict=True)
+        figures[f"decode_{name}_vs_no_spin"] = round(statistics.median(a / b for a, b in pairs), 3)
+    return figures
+
+
+def decode_ms_per_token(model: Any, prompt: list[int], tokens: int) -> float:
+    """Greedy decode of `tokens` tokens after `prompt`, wall ms per token (prefill excluded)."""
+    cache = model.new_cache(len(prompt) + tokens + 1)
+    token = int(cache.step(prompt).argmax())
+    started = time.perf_counter()
+    for _ in range(tokens):
+        token = int(cache.step([token]).argmax())
+    return (time.perf_counter() - started) / tokens * 1000
 
 
 def kernel_floor_ms(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locus_llm.errors import ModelNotFound
+from locus_llm.errors import ConfigError, ModelNotFound
 from locus_llm.local import models
 from locus_llm.local.base import ContextWindowExceeded, Delta
 from locus_llm.local.runtime import OnnxChatModel, sample_token
@@ -101,6 +102,45 @@ def test_prefill_in_chunks_gives_the_same_answer(
     monkeypatch.setattr(runtime, "PREFILL_CHUNK", 5)
     assert len(tiny_model.encode_chat(MESSAGES)) > 3 * 5
     assert run(tiny_model, max_tokens=16) == whole
+
+
+def test_worker_threads_spin_briefly_unless_told_not_to(
+    tiny_model: OnnxChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from locus_llm.local import runtime
+
+    def spin_entries() -> tuple[str, str]:
+        options = runtime._session_options(2)
+        return (
+            options.get_session_config_entry("session.intra_op.allow_spinning"),
+            options.get_session_config_entry("session.intra_op.spin_duration_us")
+            if options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+            else "",
+        )
+
+    monkeypatch.delenv("LOCUS_ONNX_SPIN", raising=False)
+    monkeypatch.delenv("LOCUS_ONNX_SPIN_US", raising=False)
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))  # a core idle
+    assert spin_entries() == ("1", str(runtime.SPIN_MICROSECONDS))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))  # all busy
+    assert spin_entries() == ("0", "")
+    monkeypatch.setenv("LOCUS_ONNX_SPIN", "1")
+    assert spin_entries() == ("1", str(runtime.SPIN_MICROSECONDS))
+    monkeypatch.setenv("LOCUS_ONNX_SPIN_US", "200")
+    assert spin_entries() == ("1", "200")
+    monkeypatch.setenv("LOCUS_ONNX_SPIN_US", "0")
+    assert spin_entries() == ("0", "")
+    monkeypatch.setenv("LOCUS_ONNX_SPIN_US", "200")
+    monkeypatch.setenv("LOCUS_ONNX_SPIN", "0")  # the older switch still turns it off
+    assert spin_entries() == ("0", "")
+    # Either setting gives the same tokens: spinning only changes how threads wait.
+    whole = run(tiny_model, max_tokens=8)
+    assert run(OnnxChatModel(tiny_model.folder), max_tokens=8) == whole
+    monkeypatch.setenv("LOCUS_ONNX_SPIN", "1")
+    monkeypatch.setenv("LOCUS_ONNX_SPIN_US", "soon")
+    with pytest.raises(ConfigError, match="LOCUS_ONNX_SPIN_US"):
+        OnnxChatModel(tiny_model.folder)
 
 
 def test_cancelled_before_the_first_token(tiny_model: OnnxChatModel) -> None:
