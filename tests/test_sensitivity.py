@@ -22,6 +22,7 @@ from locus_llm.analysis.recognizers import (
 from locus_llm.analysis.sensitivity import (
     SensitivityConfig,
     SensitivityDetector,
+    dialogue_speakers,
     outside_model_spans,
     resolve_overlaps,
     without_label_words,
@@ -446,22 +447,28 @@ def test_a_group_word_defers_to_the_model_span_around_it(detector: SensitivityDe
     assert SensitivityDetector(SensitivityConfig(ner="none", nrp_words=False)).detect(text) == []
 
 
-def test_a_country_the_model_calls_a_group_is_a_place() -> None:
-    """The model's NRP span is kept when it is a form of the list, else it is a location; the
-    list's own hits are never retyped."""
-    text = "The Croatian chef moved to Tunisia"
+def test_model_spans_are_typed_by_the_group_list() -> None:
+    """A model's group that is no form of the list is a place; a model's place that is one, or
+    a person that is a plural one, is a group; the list's own hits are never retyped."""
+    text = "The Croatian chef moved to Tunisia; Czech food; proud surinameses; Christian"
     recognizer = NrpRecognizer()
     model = [
         _result("NRP", 4, 12, 0.8, "OnnxNerRecognizer"),
         _result("NRP", 27, 34, 0.8, "OnnxNerRecognizer"),
+        _result("LOCATION", 36, 41, 0.8, "OnnxNerRecognizer"),
+        _result("PERSON", 54, 65, 0.8, "OnnxNerRecognizer"),
+        _result("PERSON", 67, 76, 0.8, "OnnxNerRecognizer"),  # a first name stays a name
     ]
-    typed = [recognizer.place_not_group(text, r) for r in model]
+    typed = [recognizer.retyped(text, r) for r in model]
     assert [(r.entity_type, text[r.start : r.end]) for r in typed] == [
         ("NRP", "Croatian"),
         ("LOCATION", "Tunisia"),
+        ("NRP", "Czech"),
+        ("NRP", "surinameses"),
+        ("PERSON", "Christian"),
     ]
-    own = recognizer.analyze(text, [])
-    assert [recognizer.place_not_group(text, r).entity_type for r in own] == ["NRP"]
+    own = recognizer.analyze("The Croatian chef", [])
+    assert [recognizer.retyped("The Croatian chef", r).entity_type for r in own] == ["NRP"]
 
 
 def test_a_year_the_model_calls_a_place_is_a_date(detector: SensitivityDetector) -> None:
@@ -477,6 +484,45 @@ def test_a_year_the_model_calls_a_place_is_a_date(detector: SensitivityDetector)
         ("LOCATION", "Perth"),
     ]
     assert ("DATE_TIME", "1977") in [(e.type, text[e.start : e.end]) for e in detector.detect(text)]
+
+
+def test_a_day_of_the_week_is_a_date(patterns_only: SensitivityDetector) -> None:
+    text = "Mr. Leiva flew to Oslo on Tuesday morning and back on sunday."
+    assert found(patterns_only, text)["DATE_TIME"] == ["Tuesday morning", "sunday"]
+    assert "DATE_TIME" not in found(patterns_only, "Sundayish weather and Mondayitis")
+
+
+def test_lone_short_numbers_are_no_places() -> None:
+    from locus_llm.analysis.ner import without_lone_numbers
+
+    text = "3... 2... 1... liftoff, sales up 16%, ZIP: 394 13"
+    spans = [
+        ("LOCATION", 0, 1, 0.9),
+        ("LOCATION", 5, 6, 0.9),
+        ("LOCATION", 33, 36, 0.9),
+        ("LOCATION", 43, 46, 0.9),
+        ("LOCATION", 47, 49, 0.9),  # a post code's second group: it touches the first
+    ]
+    kept = without_lone_numbers(text, spans)
+    assert [text[a:b] for _, a, b, _ in kept] == ["394", "13"]
+
+
+def test_text_in_capitals_throughout_has_no_names(detector: SensitivityDetector) -> None:
+    """Capitals everywhere carry no cue: the model reads the text as lower-case text."""
+    text = "WHAT ??? I DON'T KNOW WHAT TO PRESS NEXT!"
+    assert detector.detect(text) == []
+    assert found(detector, "MY NAME IS JOHN SMITH AND I LIVE IN SYDNEY")  # still read
+
+
+def test_dialogue_speakers_follow_the_speaker_the_model_found() -> None:
+    text = 'Koppány: "Who are you?"\nElizabeth:"I am her daughter".\nUser: hello'
+    model = [_result("PERSON", 0, 7, 0.9, "OnnxNerRecognizer")]
+    added = dialogue_speakers(text, model)
+    assert [(r.entity_type, text[r.start : r.end]) for r in added] == [("PERSON", "Elizabeth")]
+    # no speaker found by the model: labels alone are not names ("Review: … Sentiment: …")
+    assert dialogue_speakers("Review: great\nSentiment: positive", []) == []
+    # a single label line is no dialogue
+    assert dialogue_speakers("Koppány: hi", model) == []
 
 
 def test_number_with_an_unrelated_word_after_is_not_a_phone(

@@ -144,6 +144,27 @@ def tidy(
     return out
 
 
+# A number of one or two digits or a percentage alone is no name or place ("3... 2... 1...",
+# "by 16%"); post codes have three digits or more, or come in groups ("394 13").
+_NOT_A_PLACE = re.compile(r"\d{1,2}|[\d.,]+\s?%")
+
+
+def without_lone_numbers(
+    text: str, spans: list[tuple[str, int, int, float]]
+) -> list[tuple[str, int, int, float]]:
+    """The spans minus short numbers and percentages that no other span touches (across
+    spaces or tabs): "13" of the post code "394 13" stays, the "3" of "3... 2... 1..." goes."""
+    kept = []
+    for i, (etype, start, end, score) in enumerate(spans):
+        if etype != "DATE_TIME" and etype != "AGE" and _NOT_A_PLACE.fullmatch(text, start, end):
+            before = i > 0 and not text[spans[i - 1][2] : start].strip(" \t")
+            after = i + 1 < len(spans) and not text[end : spans[i + 1][1]].strip(" \t")
+            if not (before or after):
+                continue
+        kept.append((etype, start, end, score))
+    return kept
+
+
 # A clock time: the model reads "12:20:39" as pieces and may stop at a colon.
 _TIME = re.compile(r"\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?(?:\s?[AaPp]\.?[Mm]\b\.?)?")
 
@@ -203,17 +224,25 @@ class OnnxNer:
         offsets = encoding.offsets
         words = encoding.word_ids
         cases = case_ids_for(text, offsets)
+        # Text in capitals throughout carries no capitalisation cue ("I DON'T KNOW WHAT TO PRESS
+        # NEXT"): read it as the model reads lower-case text, and tidy it as such.
+        shouting = not any(c.islower() for c in text)
+        if shouting:
+            cases = [1 if c in (2, 3) else c for c in cases]
         if self.convolutional:
             probs = self._chunked_probabilities(ids, cases)
         else:
             probs = self._piece_probabilities(ids, cases)
-        mixed_case = text != text.lower()
-        return [
-            piece
-            for span in self._spans(probs, offsets, words)
-            if span[3] >= min_score
-            for piece in tidy(text, span, mixed_case)
-        ]
+        mixed_case = not shouting and text != text.lower()
+        return without_lone_numbers(
+            text,
+            [
+                piece
+                for span in self._spans(probs, offsets, words)
+                if span[3] >= min_score
+                for piece in tidy(text, span, mixed_case)
+            ],
+        )
 
     def _chunked_probabilities(self, ids: list[int], cases: list[int]) -> np.ndarray:
         """Label probabilities per piece from the convolutional model: the whole text in one run

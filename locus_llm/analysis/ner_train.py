@@ -116,15 +116,24 @@ def split_by_template(data_dir: Path = DATA_DIR) -> tuple[list[Sample], list[Sam
     return train, test
 
 
-def augment(samples: list[Sample], copies: int, seed: int = 0) -> list[Sample]:
+PAIRED = ("PERSON", "LOCATION")  # types people list in pairs: "Park and Mann", "X and Y streets"
+
+
+def augment(
+    samples: list[Sample], copies: int, seed: int = 0, pairs: float = 0.0, single_org: float = 0.0
+) -> list[Sample]:
     """Refill each sentence with values drawn from other training sentences of the same type, and
     sometimes lower-case it: more values per context, so the model learns contexts and value
-    shapes rather than memorising pairs."""
+    shapes rather than memorising pairs. With `pairs`, a refilled name or place is sometimes two
+    values joined by "and" (two entities: the second must not be lost after the conjunction);
+    with `single_org`, an organisation is sometimes a one-word name, so that a lone capitalised
+    word in an organisation's context is learnt as one."""
     rng = random.Random(seed)
     pools: dict[str, list[str]] = {}
     for s in samples:
         for t, a, b in s.spans:
             pools.setdefault(t, []).append(s.text[a:b])
+    one_word_orgs = [v for v in pools.get("ORGANIZATION", []) if len(v.split()) == 1]
     out = list(samples)
     for s in samples:
         for _ in range(copies):
@@ -134,9 +143,19 @@ def augment(samples: list[Sample], copies: int, seed: int = 0) -> list[Sample]:
                     continue
                 text.append(s.text[pos:a])
                 value = rng.choice(pools[t]) if rng.random() < 0.8 else s.text[a:b]
+                # (the draws below happen only when asked for: the default stays reproducible)
+                one_word = t == "ORGANIZATION" and single_org and one_word_orgs
+                if one_word and rng.random() < single_org:
+                    value = rng.choice(one_word_orgs)
                 start = sum(map(len, text))
+                second = rng.choice(pools[t]) if pairs and t in PAIRED else ""
+                if second and "\n" not in value + second and rng.random() < pairs:
+                    spans.append((t, start, start + len(value)))
+                    value = f"{value} and {second}"
+                    spans.append((t, start + len(value) - len(second), start + len(value)))
+                else:
+                    spans.append((t, start, start + len(value)))
                 text.append(value)
-                spans.append((t, start, start + len(value)))
                 pos = b
             text.append(s.text[pos:])
             joined = "".join(text)
@@ -416,6 +435,8 @@ def train_conv(
     dilations: tuple[int, ...] = (1, 2, 4, 1),
     seed: int = 0,
     table_cache: Path | None = None,
+    pairs: float = 0.0,
+    single_org: float = 0.0,
 ) -> None:
     """Train the convolutional tagger over the precomputed token table (see build_conv_model)."""
     import torch
@@ -437,7 +458,9 @@ def train_conv(
     tokenizer.no_truncation()
     tokenizer.no_padding()
     train_samples, _ = split_by_template()
-    data = encode(tokenizer, augment(train_samples, copies, seed), specials=False)
+    data = encode(
+        tokenizer, augment(train_samples, copies, seed, pairs, single_org), specials=False
+    )
     print(f"train sentences {len(train_samples)} (+aug → {len(data)})", flush=True)
     model = build_conv_model(table, width, dilations)
     steps = epochs * ((len(data) + 31) // 32)
@@ -608,13 +631,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dilations", default="1,2,4,1", help="one dilated convolution (kernel 3) per entry"
     )
+    parser.add_argument(
+        "--pairs", type=float, default=0.0, help="share of names/places refilled as 'A and B'"
+    )
+    parser.add_argument(
+        "--single-org", type=float, default=0.0, help="share of organisations refilled one-word"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch and augmentation seed")
     parser.add_argument("--table-cache", type=Path, help="keep the token table here between runs")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     args = parser.parse_args(argv)
     if args.arch == "conv":
         dilations = tuple(int(d) for d in args.dilations.split(","))
         train_conv(
-            args.epochs, args.copies, args.out, args.width, dilations, table_cache=args.table_cache
+            args.epochs,
+            args.copies,
+            args.out,
+            args.width,
+            dilations,
+            seed=args.seed,
+            table_cache=args.table_cache,
+            pairs=args.pairs,
+            single_org=args.single_org,
         )
     else:
         train(args.layers, args.epochs, args.copies, args.out)

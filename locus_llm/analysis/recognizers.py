@@ -564,6 +564,14 @@ def context_recognizers() -> list[EntityRecognizer]:
             0.6,
             group=1,
         ),
+        # A day of the week is a date ("flew to Oslo on Tuesday morning").
+        ContextNumberRecognizer(
+            "DATE_TIME",
+            r"\b(?:[Mm]on|[Tt]ues|[Ww]ednes|[Tt]hurs|[Ff]ri|[Ss]atur|[Ss]un)days?\b"
+            r"(?:[ \t]+(?:morning|afternoon|evening|night)\b)?",
+            [],
+            0.6,
+        ),
         # A bare year after a preposition of time ("founded in 1977", "since 2004"): a date.
         WindowedRecognizer(
             ContextNumberRecognizer(
@@ -728,18 +736,24 @@ class NrpRecognizer(LocalRecognizer):
             last_end = end
         return results
 
-    def place_not_group(self, text: str, result: RecognizerResult) -> RecognizerResult:
-        """A model's group span that is no form of the list is a country's name ("Tunisia",
-        "Czech Republic"): the model, trained on data that labels a few of them as groups,
-        sometimes calls them so. It becomes a location."""
-        if result.entity_type != "NRP" or result.recognition_metadata is None:
-            return result
-        if result.recognition_metadata.get("recognizer_name") == self.name:
+    def retyped(self, text: str, result: RecognizerResult) -> RecognizerResult:
+        """A model's span typed by the list. A group span that is no form of the list is a
+        country's name ("Tunisia", "Czech Republic": the model, trained on data that labels a
+        few of them as groups, sometimes calls them so): a location. A place that is a form of
+        the list ("the film Czech graffiti"), or a person or organisation that is a plural one
+        ("we are proud surinameses"), is a group."""
+        meta = result.recognition_metadata or {}
+        if meta.get("recognizer_name") == self.name:
             return result
         value = " ".join(re.split(r"[\s\-]+", text[result.start : result.end].lower()))
-        if value in self._forms:
-            return result
-        result.entity_type = "LOCATION"
+        entry = self._forms.get(value)
+        etype = result.entity_type
+        if etype == "NRP" and entry is None:
+            result.entity_type = "LOCATION"
+        elif entry is not None and (
+            etype == "LOCATION" or (etype in ("PERSON", "ORGANIZATION") and entry != value)
+        ):
+            result.entity_type = "NRP"
         return result
 
     @staticmethod
