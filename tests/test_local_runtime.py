@@ -125,6 +125,9 @@ def test_worker_threads_spin_briefly_unless_told_not_to(
     assert spin_entries() == ("1", str(runtime.SPIN_MICROSECONDS))
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))  # all busy
     assert spin_entries() == ("0", "")
+    monkeypatch.delenv("LOCUS_ONNX_THREADS", raising=False)
+    assert runtime._session_options(None).intra_op_num_threads == 1
+    assert runtime._session_options(2).intra_op_num_threads == 2  # asked for: kept
     monkeypatch.setenv("LOCUS_ONNX_SPIN", "1")
     assert spin_entries() == ("1", str(runtime.SPIN_MICROSECONDS))
     monkeypatch.setenv("LOCUS_ONNX_SPIN_US", "200")
