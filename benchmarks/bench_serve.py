@@ -30,9 +30,11 @@ Before each timed request, LiteLLM's background logging of the previous ones is 
 Part 2, the path alone: the same server code in a child process serving a model that costs
 nothing (it echoes words), so each request's whole time is the path's, streamed or not; the
 `litellm-local` paths run the same model in process through the `locus-onnx` provider. On a
-busy machine wall times are mostly waiting for a core, so part 2 also counts CPU time per request,
-which load hardly changes: the client's (getrusage) and the server's (its threads' schedstat).
-On an idle machine a request's latency is about the sum of the two plus a few thread wake-ups.
+busy machine wall times are mostly waiting for a core (an HTTP request wakes four threads in
+two processes, an in-process call none), so part 2 also counts each request's CPU time, which
+load moves far less: this process's (all threads, LiteLLM's logging included) and the server's
+(its threads' schedstat). On an idle machine a request's latency is about the sum of the two plus
+a few thread wake-ups.
 A streamed response from the zero-cost model arrives in fewer chunks than it has words: the
 server sends deltas that queued up while it was busy as one chunk (the `chunks` column).
 
@@ -47,7 +49,6 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -56,7 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -74,7 +75,18 @@ PROMPTS = [
 ]
 TARGET_ADDED_MS = 2.0
 _LITELLM_LOGGING: list[Future] = []  # LiteLLM's background logging tasks (see _track_litellm)
-Timings = dict[str, list[tuple[float, float]]]  # path → [(total ms, runtime ms)] per request
+
+
+class Sample(NamedTuple):
+    """One request: its wall time, the runtime's share of it, and the CPU time it took."""
+
+    total_ms: float
+    runtime_ms: float
+    client_cpu_ms: float  # this process, all threads (LiteLLM's background logging included)
+    server_cpu_ms: float  # the server process, all threads (0 for in-process paths)
+
+
+Timings = dict[str, list[Sample]]  # path → one Sample per request, in the order they ran
 Path = Callable[[list[dict[str, str]]], tuple[str, float]]
 
 
@@ -102,16 +114,16 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     serve_real = [sys.executable, "-m", "locus_llm.cli", "serve", "--model", args.model]
     serve_zero = [sys.executable, __file__, "--serve-zero-cost"]
-    with _server(serve_real, "--port") as (real_url, _), _server(serve_zero, "") as zero:
-        real = _measure_real(model, args.model, real_url, args.rounds, args.max_tokens)
-        path, cpu, chunks = _measure_path(*zero, args.path_rounds, args.max_tokens)
+    with _server(serve_real, "--port") as real_server, _server(serve_zero, "") as zero:
+        real = _measure_real(model, args.model, *real_server, args.rounds, args.max_tokens)
+        path, chunks = _measure_path(*zero, args.path_rounds, args.max_tokens)
     print(
         f"model {args.model}, max_tokens {args.max_tokens}, {len(PROMPTS)} prompts; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
         f"{load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
         f"server on {_server_stack()}"
     )
-    _report(real, path, cpu, chunks, args)
+    _report(real, path, chunks, args)
     return 0
 
 
@@ -142,7 +154,9 @@ class ZeroCostModel:
 # --- part 1: the real model ------------------------------------------------------------------
 
 
-def _measure_real(model: Any, name: str, base_url: str, rounds: int, max_tokens: int) -> Timings:
+def _measure_real(
+    model: Any, name: str, base_url: str, server_pid: int, rounds: int, max_tokens: int
+) -> Timings:
     import litellm
 
     from locus_llm.local.provider import register
@@ -189,7 +203,7 @@ def _measure_real(model: Any, name: str, base_url: str, rounds: int, max_tokens:
             got = path(conversation)[0]
             if got != text:
                 raise SystemExit(f"{path.__name__} returned {got!r}, direct returned {text!r}")
-    timings = _interleave(paths, conversations, rounds)
+    timings = _interleave(paths, conversations, rounds, server_pid)
     client.close()
     return timings
 
@@ -218,7 +232,7 @@ def _server_generation_ms(server_timing: str) -> float:
 
 def _measure_path(
     base_url: str, server_pid: int, rounds: int, max_tokens: int
-) -> tuple[Timings, dict[str, tuple[float, float]], dict[str, float]]:
+) -> tuple[Timings, dict[str, float]]:
     import litellm
 
     from locus_llm.local import models
@@ -298,28 +312,14 @@ def _measure_path(
             if "stream" not in name and got != text:
                 raise SystemExit(f"{name} returned {got!r}, direct returned {text!r}")
     chunks.clear()
-    timings = _interleave(paths, conversations, rounds)
-    cpu = {}  # path → (client CPU ms, server CPU ms) per request, each path in its own block
-    for name, path in paths.items():
-        _settle_litellm()
-        client_before, server_before = _client_cpu_ms(), _server_cpu_ms(server_pid)
-        for _ in range(rounds):
-            for conversation in conversations:
-                path(conversation)
-        _settle_litellm()
-        requests = rounds * len(conversations)
-        cpu[name] = (
-            (_client_cpu_ms() - client_before) / requests,
-            (_server_cpu_ms(server_pid) - server_before) / requests,
-        )
+    timings = _interleave(paths, conversations, rounds, server_pid)
     client.close()
     models.load = load
-    return timings, cpu, {name: statistics.mean(counts) for name, counts in chunks.items()}
+    return timings, {name: statistics.mean(counts) for name, counts in chunks.items()}
 
 
 def _client_cpu_ms() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return (usage.ru_utime + usage.ru_stime) * 1000
+    return time.process_time() * 1000  # every thread of this process, ns resolution
 
 
 def _server_cpu_ms(pid: int) -> float:
@@ -336,7 +336,10 @@ def _server_cpu_ms(pid: int) -> float:
 
 
 def _interleave(
-    paths: dict[str, Path], conversations: list[list[dict[str, str]]], rounds: int
+    paths: dict[str, Path],
+    conversations: list[list[dict[str, str]]],
+    rounds: int,
+    server_pid: int,
 ) -> Timings:
     """Each round, each conversation through every path, the order rotating round by round."""
     timings: Timings = {name: [] for name in paths}
@@ -346,9 +349,14 @@ def _interleave(
             shift = round_number % len(order)
             for name in order[shift:] + order[:shift]:
                 _settle_litellm()
+                server_cpu, client_cpu = _server_cpu_ms(server_pid), _client_cpu_ms()
                 started = time.perf_counter()
                 _, runtime_ms = paths[name](conversation)
-                timings[name].append(((time.perf_counter() - started) * 1000, runtime_ms))
+                total_ms = (time.perf_counter() - started) * 1000
+                _settle_litellm()  # the request's logging is part of its CPU time
+                client_cpu = _client_cpu_ms() - client_cpu
+                server_cpu = _server_cpu_ms(server_pid) - server_cpu
+                timings[name].append(Sample(total_ms, runtime_ms, client_cpu, server_cpu))
     return timings
 
 
@@ -380,41 +388,39 @@ def _track_litellm() -> None:
 
 
 def _report(
-    real: Timings,
-    path: Timings,
-    cpu: dict[str, tuple[float, float]],
-    chunks: dict[str, float],
-    args: argparse.Namespace,
+    real: Timings, path: Timings, chunks: dict[str, float], args: argparse.Namespace
 ) -> None:
     print(f"\npart 1, {args.model}: {args.rounds} rounds; added = total - runtime, per request")
     print(f"{'path':15} {'total ms':>9} {'runtime ms':>10} {'added ms':>9} {'p10':>7} {'p90':>7}")
-    for name, pairs in real.items():
-        added = [t - g for t, g in pairs]
+    for name, samples in real.items():
+        added = [s.total_ms - s.runtime_ms for s in samples]
         deciles = statistics.quantiles(added, n=10)
         print(
-            f"{name:15} {statistics.median(t for t, _ in pairs):9.2f} "
-            f"{statistics.median(g for _, g in pairs):10.2f} {statistics.median(added):9.2f} "
-            f"{deciles[0]:7.2f} {deciles[-1]:7.2f}"
+            f"{name:15} {statistics.median(s.total_ms for s in samples):9.2f} "
+            f"{statistics.median(s.runtime_ms for s in samples):10.2f} "
+            f"{statistics.median(added):9.2f} {deciles[0]:7.2f} {deciles[-1]:7.2f}"
         )
-    print(f"\npart 2, a zero-cost model: {args.path_rounds} rounds; the whole time is the path's")
     print(
-        f"{'path':21} {'median ms':>9} {'p10':>7} {'p90':>7} {'client CPU':>10} "
+        f"\npart 2, a zero-cost model: {args.path_rounds} rounds; the whole time is the path's; "
+        "medians per request"
+    )
+    print(
+        f"{'path':21} {'wall ms':>9} {'p10':>7} {'p90':>7} {'client CPU':>10} "
         f"{'server CPU':>10} {'CPU sum':>8} {'chunks':>6}"
     )
-    for name, pairs in path.items():
-        totals = [t for t, _ in pairs]
+    for name, samples in path.items():
+        totals = [s.total_ms for s in samples]
         deciles = statistics.quantiles(totals, n=10)
-        client_cpu, server_cpu = cpu[name]
+        client_cpu = statistics.median(s.client_cpu_ms for s in samples)
+        server_cpu = statistics.median(s.server_cpu_ms for s in samples)
         print(
             f"{name:21} {statistics.median(totals):9.2f} {deciles[0]:7.2f} {deciles[-1]:7.2f} "
-            f"{client_cpu:10.2f} {server_cpu:10.2f} {client_cpu + server_cpu:8.2f} "
+            f"{client_cpu:10.2f} {server_cpu:10.2f} {statistics.median(_cpu(s) for s in samples):8.2f} "
             + (f"{chunks[name]:6.1f}" if name in chunks else f"{'':6}")
         )
 
-    print(
-        "\nwhat each path adds (medians of paired differences; CPU = client + server per request)"
-    )
-    print(f"{'difference, ms':36} {'part 1 wall':>11} {'part 2 wall':>11} {'part 2 CPU':>10}")
+    print("\nwhat each path adds: medians of paired differences (same prompt, same round), ms")
+    print(f"{'difference':36} {'part 1 wall':>11} {'part 2 wall':>11} {'part 2 CPU':>10}")
     readings = [
         ("litellm-http", "litellm-local", "the HTTP path, LiteLLM on both sides (the target)"),
         ("litellm-http-priced", "litellm-local", "the same, LiteLLM told the served price"),
@@ -426,13 +432,13 @@ def _report(
         in_part_1 = f"{_paired(real, over, under):+11.2f}" if over in real else f"{'-':>11}"
         print(
             f"{over + ' - ' + under:36} {in_part_1} {_paired(path, over, under):+11.2f} "
-            f"{sum(cpu[over]) - sum(cpu[under]):+10.2f}  {what}"
+            f"{_paired(path, over, under, _cpu):+10.2f}  {what}"
         )
     added = _paired(real, "litellm-http", "litellm-local")
-    added_cpu = sum(cpu["litellm-http"]) - sum(cpu["litellm-local"])
+    added_cpu = _paired(path, "litellm-http", "litellm-local", _cpu)
     verdict = "met" if added <= TARGET_ADDED_MS else "NOT met"
-    local_total = statistics.median(t for t, _ in real["litellm-local"])
-    served_total = statistics.median(t for t, _ in real["litellm-http"])
+    local_total = statistics.median(s.total_ms for s in real["litellm-local"])
+    served_total = statistics.median(s.total_ms for s in real["litellm-http"])
     print(
         f"\ntarget: the HTTP path adds <= {TARGET_ADDED_MS:.0f} ms per request (litellm-http - "
         f"litellm-local, part 1): +{added:.2f} ms, {verdict} (CPU, part 2: +{added_cpu:.2f} ms)\n"
@@ -442,12 +448,20 @@ def _report(
     )
 
 
-def _paired(timings: Timings, over: str, under: str) -> float:
-    """Median over requests of (added by `over`) - (added by `under`) for the same prompt and round."""
-    return statistics.median(
-        (t1 - g1) - (t0 - g0)
-        for (t1, g1), (t0, g0) in zip(timings[over], timings[under], strict=True)
-    )
+def _added(sample: Sample) -> float:
+    return sample.total_ms - sample.runtime_ms
+
+
+def _cpu(sample: Sample) -> float:
+    return sample.client_cpu_ms + sample.server_cpu_ms
+
+
+def _paired(
+    timings: Timings, over: str, under: str, measure: Callable[[Sample], float] = _added
+) -> float:
+    """Median over requests of measure(`over`) - measure(`under`), same prompt and round."""
+    pairs = zip(timings[over], timings[under], strict=True)
+    return statistics.median(measure(a) - measure(b) for a, b in pairs)
 
 
 @contextlib.contextmanager
