@@ -120,7 +120,7 @@ def test_worker_threads_spin_briefly_unless_told_not_to(
 
     monkeypatch.delenv("LOCUS_ONNX_SPIN", raising=False)
     monkeypatch.delenv("LOCUS_ONNX_SPIN_US", raising=False)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))  # a core idle
     assert spin_entries() == ("1", str(runtime.SPIN_MICROSECONDS))
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))  # all busy

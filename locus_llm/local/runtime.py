@@ -184,11 +184,13 @@ def spin_microseconds() -> int:
 
 
 def _has_idle_core() -> bool:
+    """Whether the last minute's load average leaves at least one of our cores idle."""
     try:
         load = os.getloadavg()[0]
     except OSError:  # not available on this platform: assume a busy machine, the safe side
         return False
-    return load < (os.cpu_count() or 1) - 0.5
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return load < (cores or 1) - 0.5
 
 
 class OnnxChatModel:
