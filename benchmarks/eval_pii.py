@@ -5,6 +5,13 @@ defaults: character-level IoU, threshold 0.9, skip words on).
     python benchmarks/eval_pii.py                       # our held-out-template test split
     python benchmarks/eval_pii.py --data other.json     # any presidio-research format file
     python benchmarks/eval_pii.py --baseline            # + presidio out of the box, same data
+    python benchmarks/eval_pii.py --fold K --model-dir M  # clean dev fold K (0-2); M trained
+                                                        # with ner_train --exclude-fold K
+
+Clean development: rules and training changes are judged on three dev folds of the training
+templates (ner_train.dev_fold), each scored with a model trained without that fold's templates
+(`python -m locus_llm.analysis.ner_train --exclude-fold K --out M`): the shipped model has
+seen those templates. The test split is scored once, at the end.
 
 The steps, each as presidio-evaluator 0.3.2 takes it (span_to_tag.py, evaluation/
 span_evaluator.py, data_objects.Span); the numbers were checked equal to that package's own
@@ -57,7 +64,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locus_llm.analysis.ner_train import LABEL_MAP, Sample, split_by_template, to_sample  # noqa: E402
+from locus_llm.analysis.ner_train import (  # noqa: E402
+    LABEL_MAP,
+    Sample,
+    dev_fold,
+    split_by_template,
+    to_sample,
+)
 
 
 def skip_words() -> set[str]:
@@ -295,7 +308,9 @@ def baseline_predictor() -> Any:
     ]
 
 
-def load(path: Path | None) -> list[Sample]:
+def load(path: Path | None, fold: int | None = None) -> list[Sample]:
+    if fold is not None:
+        return dev_fold(fold)
     if path is None:
         return split_by_template()[1]
     return [to_sample(row) for row in json.loads(path.read_text())]
@@ -321,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data", type=Path, help="presidio-research JSON (default: our test split)"
     )
+    parser.add_argument("--fold", type=int, choices=(0, 1, 2), help="a clean dev fold instead")
     parser.add_argument(
         "--iou", type=float, default=0.9, help="IoU threshold (presidio-research default 0.9)"
     )
@@ -334,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--errors", type=int, default=0, help="print this many errors")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
-    samples = load(args.data)
+    samples = load(args.data, args.fold)
     unmapped = sorted({t for s in samples for t, _, _ in s.spans} - set(LABEL_MAP.values()))
     if unmapped:
         print(f"labels kept under their own name: {unmapped}")

@@ -116,6 +116,40 @@ def split_by_template(data_dir: Path = DATA_DIR) -> tuple[list[Sample], list[Sam
     return train, test
 
 
+DEV_FOLDS = 3
+
+
+def dev_fold(k: int, data_dir: Path = DATA_DIR) -> list[Sample]:
+    """Clean development data: the v2 templates outside the test split, ordered by
+    sha256("dev|" + id), in DEV_FOLDS parts; part k's sentences. A model trained with
+    `--exclude-fold k` never saw these templates, so rules and training changes are judged on
+    it, not on the test split (benchmarks/eval_pii.py --fold k)."""
+    ids = _fold_ids(k, data_dir)
+    return [to_sample(r) for r in load_rows(data_dir)["v2"] if r["template_id"] in ids]
+
+
+def _fold_ids(k: int, data_dir: Path) -> set[Any]:
+    _, test = split_by_template(data_dir)
+    test_templates = {s.template for s in test}
+    v2 = load_rows(data_dir)["v2"]
+    test_ids = {r["template_id"] for r in v2 if to_sample(r).template in test_templates}
+    ids = sorted(
+        {r["template_id"] for r in v2} - test_ids,
+        key=lambda i: hashlib.sha256(f"dev|{i}".encode()).hexdigest(),
+    )
+    size = len(ids) // DEV_FOLDS
+    return set(ids[k * size : (k + 1) * size if k < DEV_FOLDS - 1 else len(ids)])
+
+
+def training_samples(exclude_fold: int | None = None, data_dir: Path = DATA_DIR) -> list[Sample]:
+    """The training split, minus dev fold `exclude_fold`'s templates if given."""
+    train, _ = split_by_template(data_dir)
+    if exclude_fold is None:
+        return train
+    held = {s.template for s in dev_fold(exclude_fold, data_dir)}
+    return [s for s in train if s.template not in held]
+
+
 PAIRED = ("PERSON", "LOCATION")  # types people list in pairs: "Park and Mann", "X and Y streets"
 
 
@@ -437,6 +471,7 @@ def train_conv(
     table_cache: Path | None = None,
     pairs: float = 0.0,
     single_org: float = 0.0,
+    exclude_fold: int | None = None,
 ) -> None:
     """Train the convolutional tagger over the precomputed token table (see build_conv_model)."""
     import torch
@@ -457,7 +492,7 @@ def train_conv(
     tokenizer = Tokenizer.from_file(str(encoder_path() / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    train_samples, _ = split_by_template()
+    train_samples = training_samples(exclude_fold)
     data = encode(
         tokenizer, augment(train_samples, copies, seed, pairs, single_org), specials=False
     )
@@ -637,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--single-org", type=float, default=0.0, help="share of organisations refilled one-word"
     )
+    parser.add_argument(
+        "--exclude-fold", type=int, help="leave dev fold K's templates out (for eval_pii --fold K)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch and augmentation seed")
     parser.add_argument("--table-cache", type=Path, help="keep the token table here between runs")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
@@ -653,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             table_cache=args.table_cache,
             pairs=args.pairs,
             single_org=args.single_org,
+            exclude_fold=args.exclude_fold,
         )
     else:
         train(args.layers, args.epochs, args.copies, args.out)

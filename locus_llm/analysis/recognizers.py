@@ -565,12 +565,16 @@ def context_recognizers() -> list[EntityRecognizer]:
             group=1,
         ),
         # A day of the week is a date ("flew to Oslo on Tuesday morning").
-        ContextNumberRecognizer(
-            "DATE_TIME",
-            r"\b(?:[Mm]on|[Tt]ues|[Ww]ednes|[Tt]hurs|[Ff]ri|[Ss]atur|[Ss]un)days?\b"
-            r"(?:[ \t]+(?:morning|afternoon|evening|night)\b)?",
-            [],
-            0.6,
+        WindowedRecognizer(
+            ContextNumberRecognizer(
+                "DATE_TIME",
+                r"\b(?:[Mm]on|[Tt]ues|[Ww]ednes|[Tt]hurs|[Ff]ri|[Ss]atur|[Ss]un)days?\b"
+                r"(?:[ \t]+(?:morning|afternoon|evening|night)\b)?",
+                [],
+                0.6,
+            ),
+            r"day",
+            pad=24,
         ),
         # A bare year after a preposition of time ("founded in 1977", "since 2004"): a date.
         WindowedRecognizer(
