@@ -20,6 +20,18 @@ reachable at all on this data" has an answer with numbers:
     nice -n 10 .venv/bin/python benchmarks/ceiling_classifier.py probe
     nice -n 10 .venv/bin/python benchmarks/ceiling_classifier.py difficulty
     nice -n 10 .venv/bin/python benchmarks/ceiling_classifier.py finetune [--epochs 2] [--seq 128]
+    nice -n 10 .venv/bin/python benchmarks/ceiling_classifier.py finetune_top --seq 128 \
+        --epochs 2 --cap 600 --layers 2 --batch 32 --lr 1e-4
+
+  finetune_top  the affordable part of `finetune`: only the top --layers layers are trained,
+              the frozen layers' output is computed once and cached
+
+Results (session 3, MODEL_CARD.md "Ceilings"; shared 2-core machine at load 6-10): frozen
+MiniLM + logistic regression / MLP 0.702 / 0.727 dev macro-F1, top-2-layer fine-tune 0.753 after
+one epoch, shipped static model 0.767; the full fine-tune ran at 88 min per epoch and was not
+finished. Difficulty on llmrouter_sample: contextual kNN 30 0.697 (within-benchmark 0.505),
+shipped 0.657, benchmark oracle 0.745. Times: embed 25 min, probe and difficulty 1-2 min each,
+finetune_top 17 min caching + ~21 min per epoch.
 
 Intermediate arrays go to --work (default /tmp/locus_ceiling); results are printed and written as
 JSON next to them. torch and transformers are needed (the `train` extra); the base weights come
