@@ -658,3 +658,43 @@ def test_config_validation() -> None:
     assert classify([person], config) is DataClass.PUBLIC  # below its min_score
     assert classify([Entity("PERSON", 0, 4, 0.95)], config) is DataClass.CONFIDENTIAL
     assert classify([Entity("SOMETHING_NEW", 0, 4, 0.95)], config) is DataClass.INTERNAL
+
+
+def test_augmented_pairs_and_one_word_organisations_keep_exact_spans() -> None:
+    """ner_train.augment with --pairs / --single-org: every label still indexes its value, a
+    paired name is two entities around " and ", and organisations are refilled one-word."""
+    from locus_llm.analysis.ner_train import Sample, augment
+
+    samples = [
+        Sample(
+            "Usamov met Park at Acme.",
+            [("PERSON", 0, 6), ("PERSON", 11, 15), ("ORGANIZATION", 19, 23)],
+            "t1",
+        ),
+        Sample("Dale wrote to Globex Corp.", [("PERSON", 0, 4), ("ORGANIZATION", 14, 24)], "t2"),
+    ]
+    out = augment(samples, copies=20, seed=1, pairs=1.0, single_org=1.0)[len(samples) :]
+    values = {(t, s.text[a:b].lower()) for s in out for t, a, b in s.spans}  # some lower-cased
+    assert values <= {("PERSON", v) for v in ("usamov", "park", "dale")} | {
+        ("ORGANIZATION", "acme"),
+        ("ORGANIZATION", "globex corp"),
+    }
+    assert any(" and " in s.text for s in out)
+    for s in out:
+        for first, second in zip(s.spans, s.spans[1:], strict=False):
+            assert first[2] <= second[1]  # disjoint, in order
+        assert all(s.text[a:b] == s.text[a:b].strip() for _, a, b in s.spans)
+    # organisations refilled one-word only when asked
+    assert all(
+        s.text[a:b].lower() == "acme" for s in out for t, a, b in s.spans if t == "ORGANIZATION"
+    )
+
+
+def test_dev_folds_are_apart_from_the_test_split_and_their_training() -> None:
+    from locus_llm.analysis.ner_train import dev_fold, split_by_template, training_samples
+
+    _, test = split_by_template()
+    folds = [{s.template for s in dev_fold(k)} for k in range(3)]
+    test_templates = {s.template for s in test}
+    assert all(folds) and not any(f & test_templates for f in folds)
+    assert not {s.template for s in training_samples(exclude_fold=1)} & folds[1]
