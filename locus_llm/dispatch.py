@@ -12,7 +12,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -31,10 +31,16 @@ BACKOFF_CAP_S = 4.0
 
 _litellm_lock = threading.Lock()
 _litellm: Any = None
+_priced: set[str] = set()  # locus models whose price LiteLLM has been told
 
 
-def litellm_module(local_models: bool = False) -> Any:
-    """Import LiteLLM on first dispatch (2.7-4.4 s), offline, and register our local provider."""
+def litellm_module(local_models: bool = False, loci: Iterable[Locus] = ()) -> Any:
+    """Import LiteLLM on first dispatch (2.7-4.4 s), offline, and register our local provider.
+
+    Each locus's price is registered once: LiteLLM prices every response, and for a served
+    model it does not know (`hosted_vllm/...`) it otherwise searches its cost map on every call
+    (~1 ms of CPU; benchmarks/bench_serve.py) and reports no cost at all.
+    """
     global _litellm
     if _litellm is None:
         with _litellm_lock:
@@ -49,7 +55,23 @@ def litellm_module(local_models: bool = False) -> Any:
         from locus_llm.local.provider import register
 
         register()
+    for locus in loci:
+        if locus.model not in _priced:
+            _register_price(locus)
     return _litellm
+
+
+def _register_price(locus: Locus) -> None:
+    from locus_llm.local.provider import register_price
+
+    with _litellm_lock:
+        if locus.model in _priced:
+            return
+        _priced.add(locus.model)
+        try:
+            register_price(locus.model, locus.usd_per_mtok_in or 0.0, locus.usd_per_mtok_out or 0.0)
+        except Exception:  # noqa: BLE001 - a price LiteLLM cannot take only costs the slow lookup
+            pass
 
 
 class Action(Enum):

@@ -118,7 +118,7 @@ class Router:
     def warm(self) -> None:
         """Load the analysis models and LiteLLM now rather than on the first call."""
         self.analyzer.warm()
-        dispatch.litellm_module(local_models=self._uses_local)
+        dispatch.litellm_module(self._uses_local, self.config.loci)
 
     # --- deciding ----------------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ class Router:
         """Route and run. Returns a LiteLLM ModelResponse (with `.locus`), or a RoutedStream."""
         messages = normalize_messages(messages)
         decision, run = self._prepare(messages, context, locus, stream, params)
-        litellm = dispatch.litellm_module(local_models=self._uses_local)
+        litellm = dispatch.litellm_module(self._uses_local, self.config.loci)
         finish = self._finisher(decision, messages)
         if stream:
             return dispatch.RoutedStream(run, litellm, finish)
@@ -290,7 +290,7 @@ class Router:
         decision, run = await asyncio.to_thread(
             self._prepare, messages, context, locus, stream, params
         )
-        litellm = dispatch.litellm_module(local_models=self._uses_local)
+        litellm = dispatch.litellm_module(self._uses_local, self.config.loci)
         finish = self._finisher(decision, messages)
         if stream:
             return dispatch.AsyncRoutedStream(run, litellm, finish)

@@ -25,6 +25,8 @@ def test_public_request_runs_on_the_cheapest_capable_locus(make_router, server: 
     ]
     assert info["usage"]["completion_tokens"] == 3
     assert info["cost_usd"] == pytest.approx((info["usage"]["prompt_tokens"] * 0.2 + 3 * 0.2) / 1e6)
+    # LiteLLM was told the served model's price, so its own cost agrees (it knows no hosted_vllm/onprem)
+    assert response._hidden_params["response_cost"] == pytest.approx(info["cost_usd"])
     assert info["policy_revision"] == router.policy.revision
     assert server.calls("onprem") == 1 and server.calls("cloud") == 0
 
