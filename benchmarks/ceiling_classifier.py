@@ -29,9 +29,9 @@ reachable at all on this data" has an answer with numbers:
 Results (session 3, MODEL_CARD.md "Ceilings"; shared 2-core machine at load 6-10): frozen
 MiniLM + logistic regression / MLP 0.702 / 0.727 dev macro-F1, top-2-layer fine-tune
 0.753 / 0.779 after one / two epochs, shipped static model 0.767; the full fine-tune ran at
-88 min per epoch and was not finished. Difficulty on llmrouter_sample: contextual kNN 30 0.697 (within-benchmark 0.505),
-shipped 0.657, benchmark oracle 0.745. Times: embed 25 min, probe and difficulty 1-2 min each,
-finetune_top 17 min caching + 36 min for two epochs.
+88 min per epoch and was not finished. Difficulty on llmrouter_sample: contextual kNN 30
+0.697 (within-benchmark 0.505), shipped 0.657, benchmark oracle 0.745. Times: embed 25 min,
+probe and difficulty 1-2 min each, finetune_top 17 min caching + 36 min for two epochs.
 
 Intermediate arrays go to --work (default /tmp/locus_ceiling); results are printed and written as
 JSON next to them. torch and transformers are needed (the `train` extra); the base weights come
