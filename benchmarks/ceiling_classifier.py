@@ -57,11 +57,11 @@ from locus_llm.analysis.train import (
     STRONG_NEEDED,
     difficulty_label,
     in_dev,
-    macro_f1,
     read_jsonl,
     roc_auc,
     shared_examples,
     split_models,
+    task_metrics,
 )
 
 DEV_PERCENT = 15  # TrainConfig.dev_percent: the shipped model's split
@@ -225,27 +225,17 @@ def fit_head(
 
 
 def report_tasks(tasks: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    f1, table = macro_f1(truth, predicted, len(tasks))
-    confusion = np.zeros((len(tasks), len(tasks)), dtype=int)
-    np.add.at(confusion, (truth, predicted), 1)
-    print(f"  macro-F1 {f1:.4f}  accuracy {(truth == predicted).mean():.4f}")
-    for name, row in zip(tasks, table, strict=True):
+    result = task_metrics(tasks, truth, predicted)
+    print(f"  macro-F1 {result['macro_f1']:.4f}  accuracy {result['accuracy']:.4f}")
+    for name, row in result["per_class"].items():
         print(
             f"  {name:24s} P {row['precision']:.3f} R {row['recall']:.3f} F1 {row['f1']:.3f}"
             f" n {row['support']}"
         )
     print("  confusion (rows true, columns predicted):")
-    for name, row in zip(tasks, confusion, strict=True):
+    for name, row in zip(tasks, result["confusion"], strict=True):
         print(f"  {name[:12]:12s} " + " ".join(f"{v:5d}" for v in row))
-    return {
-        "macro_f1": round(f1, 4),
-        "accuracy": round(float((truth == predicted).mean()), 4),
-        "per_class": {
-            t: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-            for t, r in zip(tasks, table, strict=True)
-        },
-        "confusion": confusion.tolist(),
-    }
+    return result
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:

@@ -384,6 +384,22 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, classes: int) -> tuple[fl
     return float(np.mean([row["f1"] for row in table])), table
 
 
+def task_metrics(tasks: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Macro-F1, accuracy, the per-class table and the confusion matrix (rows true), rounded."""
+    f1, table = macro_f1(truth, predicted, len(tasks))
+    confusion = np.zeros((len(tasks), len(tasks)), dtype=int)
+    np.add.at(confusion, (truth, predicted), 1)
+    return {
+        "macro_f1": round(f1, 4),
+        "accuracy": round(float((predicted == truth).mean()), 4),
+        "per_class": {
+            t: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+            for t, row in zip(tasks, table, strict=True)
+        },
+        "confusion": confusion.tolist(),
+    }
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Mann–Whitney AUC with ties counted half."""
     labels = np.asarray(labels, dtype=bool)
@@ -703,19 +719,7 @@ def _dev_metrics(
     if rows.any():
         with torch.no_grad():
             predicted = task_head(torch.tensor(features[rows])).argmax(1).numpy()
-        truth = task_y[rows]
-        f1, table = macro_f1(truth, predicted, len(tasks))
-        confusion = np.zeros((len(tasks), len(tasks)), dtype=int)
-        np.add.at(confusion, (truth, predicted), 1)
-        metrics["task_dev"] = {
-            "macro_f1": round(f1, 4),
-            "accuracy": round(float((predicted == truth).mean()), 4),
-            "per_class": {
-                t: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-                for t, row in zip(tasks, table, strict=True)
-            },
-            "confusion": confusion.tolist(),
-        }
+        metrics["task_dev"] = task_metrics(tasks, task_y[rows], predicted)
     rows = dev & has_difficulty
     if rows.sum() >= 2:
         score = memory.difficulty(features[rows])
