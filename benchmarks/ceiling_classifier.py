@@ -224,6 +224,19 @@ def fit_head(
     return head.eval()
 
 
+def fine_tune_step(torch: Any, loss: Any, optimizer: Any, schedule: Any, params: list) -> None:
+    """One step of the fine-tunes: gradients clipped to norm 1, then the LR schedule."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
+def progress(loss: Any, started: float) -> str:
+    return f"loss {loss.item():.3f} {time.monotonic() - started:.0f}s"
+
+
 def report_tasks(tasks: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     result = task_metrics(tasks, truth, predicted)
     print(f"  macro-F1 {result['macro_f1']:.4f}  accuracy {result['accuracy']:.4f}")
@@ -434,18 +447,10 @@ def step_finetune(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, A
             hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             logits = head(dropout(mean_pool(hidden, mask)))
             loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y[index]), weight=weight)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
             step += 1
+            fine_tune_step(torch, loss, optimizer, schedule, params)
             if step % 10 == 0:
-                print(
-                    f"  epoch {epoch} step {step}/{steps} loss {loss.item():.3f} "
-                    f"{time.monotonic() - started:.0f}s",
-                    flush=True,
-                )
+                print(f"  epoch {epoch} step {step}/{steps} {progress(loss, started)}", flush=True)
         encoder.eval()
         logits = teacher_logits(torch, encoder, head, [token_lists[i] for i in dev])
         print(f"after epoch {epoch + 1} ({time.monotonic() - started:.0f}s):")
@@ -553,18 +558,10 @@ def step_finetune_top(args: argparse.Namespace, data: dict[str, Any]) -> dict[st
             loss = torch.nn.functional.cross_entropy(
                 head(dropout(pooled)), torch.tensor(y[index]), weight=weight
             )
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
             step += 1
+            fine_tune_step(torch, loss, optimizer, schedule, params)
             if step % 50 == 0:
-                print(
-                    f"  epoch {epoch} step {step}/{steps} loss {loss.item():.3f} "
-                    f"{time.monotonic() - started:.0f}s",
-                    flush=True,
-                )
+                print(f"  epoch {epoch} step {step}/{steps} {progress(loss, started)}", flush=True)
         top.eval()
         logits = []
         with torch.inference_mode():
