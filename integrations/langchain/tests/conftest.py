@@ -32,11 +32,15 @@ def endpoint() -> Iterator[tuple[str, ScriptedEndpoint]]:
 def scripted_config(
     endpoint: tuple[str, ScriptedEndpoint], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """Two on-prem loci (a strong one and a small one) on the scripted endpoint."""
+    """Two on-prem loci (a strong one and a small one) on the scripted endpoint. The small one
+    costs a little more, so that cost alone picks `onprem` for an unpinned call: at equal prices
+    the measured latencies of earlier calls would break the tie, and those vary run to run."""
     base_url, _ = endpoint
+    edge = locus(
+        "edge", "onprem", base_url, capability=1, usd_per_mtok_in=0.3, usd_per_mtok_out=0.3
+    )
     return write_config(
-        tmp_path_factory.mktemp("locus") / "locus.yaml",
-        [locus("onprem", "onprem", base_url), locus("edge", "onprem", base_url, capability=1)],
+        tmp_path_factory.mktemp("locus") / "locus.yaml", [locus("onprem", "onprem", base_url), edge]
     )
 
 
