@@ -224,6 +224,15 @@ def fit_head(
     return head.eval()
 
 
+def optimiser_and_schedule(torch: Any, params: list, lr: float, steps: int) -> tuple[Any, Any]:
+    """AdamW with a 6 % linear warm-up, then linear decay to zero over `steps`."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps)
+    )
+    return optimizer, schedule
+
+
 def fine_tune_step(torch: Any, loss: Any, optimizer: Any, schedule: Any, params: list) -> None:
     """One step of the fine-tunes: gradients clipped to norm 1, then the LR schedule."""
     optimizer.zero_grad()
@@ -423,11 +432,8 @@ def step_finetune(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, A
     encoder = AutoModel.from_pretrained(str(minilm_dir()))
     head = torch.nn.Linear(encoder.config.hidden_size, len(tasks))
     params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     steps = args.epochs * ((len(train) + args.batch - 1) // args.batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps)
-    )
+    optimizer, schedule = optimiser_and_schedule(torch, params, args.lr, steps)
     weight = torch.tensor(class_weights(y[train], len(tasks)))
     dropout = torch.nn.Dropout(0.1)
     started = time.monotonic()
@@ -534,11 +540,8 @@ def step_finetune_top(args: argparse.Namespace, data: dict[str, Any]) -> dict[st
         parameter.requires_grad_(True)
     head = torch.nn.Linear(encoder.config.hidden_size, len(tasks))
     params = list(top.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     steps = args.epochs * ((len(train) + args.batch - 1) // args.batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps)
-    )
+    optimizer, schedule = optimiser_and_schedule(torch, params, args.lr, steps)
     weight = torch.tensor(class_weights(y[train], len(tasks)))
     dropout = torch.nn.Dropout(0.1)
     started = time.monotonic()
