@@ -181,26 +181,9 @@ def cmd_route(args: argparse.Namespace) -> int:
     else:
         data = _router(args).route(messages, _context(args)).to_dict()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    k: data[k]
-                    for k in (
-                        "locus",
-                        "zone",
-                        "allowed",
-                        "denied",
-                        "profile",
-                        "scores",
-                        "policy_revision",
-                        "plan",
-                        "capability_floor",
-                        "obligations",
-                    )
-                },
-                indent=2,
-            )
-        )
+        from locus_llm.router import ROUTE_FIELDS
+
+        print(json.dumps({k: data[k] for k in ROUTE_FIELDS}, indent=2))
         return 0
     print(render_decision(data))
     return 0

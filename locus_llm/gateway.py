@@ -49,7 +49,7 @@ from locus_llm.errors import (
     PolicyError,
 )
 from locus_llm.profile import RoutingContext
-from locus_llm.router import Router
+from locus_llm.router import ROUTE_FIELDS, Router
 from locus_llm.server import (
     RequestError,
     _check_api_key,
@@ -66,19 +66,6 @@ from locus_llm.server import (
 logger = logging.getLogger("locus_llm.gateway")
 
 AUTO_MODELS = ("auto", "locus")  # `model` values that ask the router to choose
-# What `locus route --json` prints, and so what /v1/route answers (plus id and budget).
-ROUTE_FIELDS = (
-    "locus",
-    "zone",
-    "allowed",
-    "denied",
-    "profile",
-    "scores",
-    "policy_revision",
-    "plan",
-    "capability_floor",
-    "obligations",
-)
 # OpenAI chat parameters handed to the chosen locus. Anything else is refused: LiteLLM accepts
 # many more keyword arguments (credentials, endpoints, headers) that no caller may set here.
 PASSED = frozenset(

@@ -35,6 +35,19 @@ from locus_llm.stats import Stats
 
 LOCAL_PROVIDER = "locus-onnx/"
 ROUTING_FIELDS = tuple(RoutingContext.__dataclass_fields__)  # what a caller may say per call
+# What `locus route --json` prints, and so what the gateway's /v1/route answers (plus id, budget).
+ROUTE_FIELDS = (
+    "locus",
+    "zone",
+    "allowed",
+    "denied",
+    "profile",
+    "scores",
+    "policy_revision",
+    "plan",
+    "capability_floor",
+    "obligations",
+)
 
 
 @dataclass
