@@ -698,3 +698,50 @@ def test_dev_folds_are_apart_from_the_test_split_and_their_training() -> None:
     test_templates = {s.template for s in test}
     assert all(folds) and not any(f & test_templates for f in folds)
     assert not {s.template for s in training_samples(exclude_fold=1)} & folds[1]
+
+
+def test_an_ensemble_of_taggers_averages_their_probabilities(tmp_path: Any) -> None:
+    """ner_train.ensemble: two taggers (random weights, built here) merged into one graph give,
+    per piece, the mean of the two taggers' probabilities, through the runtime's own loader."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from locus_llm.analysis.ner import MODEL_DIR, OnnxNer, case_ids_for
+    from locus_llm.analysis.ner_train import LABELS, ensemble, write_conv_model
+
+    rng = np.random.default_rng(0)
+    width, dilations, vocab = 8, (1, 2), 30522
+
+    def member(name: str) -> Any:
+        weights = {
+            "table": rng.normal(size=(vocab, width)),
+            "case": rng.normal(size=(6, width)),
+            "head_w": rng.normal(size=(width, len(LABELS))),
+            "head_b": rng.normal(size=len(LABELS)),
+        }
+        for k in range(len(dilations)):
+            weights[f"conv{k}_w"] = rng.normal(size=(width, width, 3)).astype(np.float32)
+            weights[f"conv{k}_b"] = rng.normal(size=width).astype(np.float32)
+            weights[f"norm{k}_g"] = np.ones(width, dtype=np.float32)
+            weights[f"norm{k}_b"] = np.zeros(width, dtype=np.float32)
+        folder = tmp_path / name
+        folder.mkdir()
+        write_conv_model(weights, dilations, folder / "model.onnx")
+        shutil.copy(MODEL_DIR / "tokenizer.json", folder / "tokenizer.json")
+        meta = {"labels": LABELS, "architecture": "conv", "receptive_field": sum(dilations)}
+        (folder / "labels.json").write_text(json.dumps(meta))
+        return folder
+
+    a, b = member("a"), member("b")
+    ensemble([a, b], tmp_path / "both")
+    text = "Maria Gonzalez of Acme Corp flew to Sydney on Tuesday."
+    ner = {name: OnnxNer(tmp_path / name) for name in ("a", "b", "both")}
+    encoding = ner["a"]._tokenizer.encode(text, add_special_tokens=False)
+    cases = case_ids_for(text, encoding.offsets)
+    probs = {k: m._chunked_probabilities(encoding.ids, cases) for k, m in ner.items()}
+    assert not np.allclose(probs["a"], probs["b"], atol=1e-3)  # two different taggers
+    np.testing.assert_allclose(probs["both"], (probs["a"] + probs["b"]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble([a], tmp_path / "one")
