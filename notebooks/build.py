@@ -21,8 +21,10 @@ HERE = Path(__file__).resolve().parent
 Cell = tuple[str, str]  # ("md" | "code", source)
 
 SETUP = """\
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +39,7 @@ logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # its cost-map notice for 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ.pop("LOCUS_CONFIG", None)
 workdir = Path(tempfile.mkdtemp(prefix="locus-notebook-"))
+atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # the scratch folder goes with the kernel
 """
 
 
