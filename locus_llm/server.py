@@ -30,22 +30,24 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from locus_llm.errors import ConfigError
 from locus_llm.local.base import ChatModel, ContextWindowExceeded, Delta
 
 logger = logging.getLogger("locus_llm.server")
 
+CHAT_PATH = "/v1/chat/completions"
 DEFAULT_MAX_TOKENS = 256  # when the request names no limit (the ChatModel protocol's default)
 RETRY_AFTER_SECONDS = 1
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -303,7 +305,11 @@ def _kind(value: Any) -> str:
 
 
 def error_response(error: RequestError) -> JSONResponse:
-    body = {
+    return JSONResponse(_error_body(error), status_code=error.status, headers=error.headers)
+
+
+def _error_body(error: RequestError) -> dict[str, Any]:
+    return {
         "error": {
             "message": error.message,
             "type": error.type,
@@ -311,7 +317,17 @@ def error_response(error: RequestError) -> JSONResponse:
             "code": error.code,
         }
     }
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+async def _send_json(
+    send: Send, status: int, content: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    """A JSON response straight onto the ASGI `send`: the bytes Starlette's JSONResponse sends."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    raw = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _completion(request_id: str, chat: ChatRequest, text: str, last: Delta | None) -> dict:
@@ -405,7 +421,8 @@ class Generations:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="locus-generate")
         self._loop = asyncio.get_running_loop()
-        self._cancels: set[threading.Event] = set()
+        # each admitted generation's cancel event → the future its worker settles, and the job
+        self._cancels: dict[threading.Event, tuple[asyncio.Future, Future]] = {}
 
     async def admit(self) -> None:
         """Wait for a slot, or raise 429 when the queue is full."""
@@ -419,16 +436,32 @@ class Generations:
         self.running += 1
 
     def run(self, work: Any, cancel: threading.Event) -> asyncio.Future:
-        """Run `work()` in a worker thread of an admitted request; frees the slot when it ends."""
-        self._cancels.add(cancel)
+        """Run `work()` in a worker thread of an admitted request; frees the slot when it ends.
 
-        def job() -> Any:
+        The worker hands its outcome back with one call into the event loop, which frees the slot
+        and settles the future (`run_in_executor` takes two, and chains two futures).
+        """
+        future = self._loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._release(cancel)
+            if future.done():  # cancelled meanwhile
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        def job() -> None:
             try:
-                return work()
-            finally:
-                self._call_in_loop(self._release, cancel)
+                result = work()
+            except BaseException as error:  # noqa: BLE001 - handed to the event loop
+                self._call_in_loop(settle, None, error)
+            else:
+                self._call_in_loop(settle, result, None)
 
-        return self._loop.run_in_executor(self._pool, job)
+        self._cancels[cancel] = (future, self._pool.submit(job))
+        return future
 
     def start_stream(self, chat: ChatRequest, cancel: threading.Event) -> asyncio.Queue:
         """Run a streamed generation; its deltas (then an exception or None) arrive in the queue."""
@@ -449,9 +482,12 @@ class Generations:
         for cancel in list(self._cancels):
             cancel.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for future, job in list(self._cancels.values()):
+            if job.cancelled():  # it never ran, so nothing else settles its future
+                future.cancel()
 
     def _release(self, cancel: threading.Event) -> None:
-        self._cancels.discard(cancel)
+        self._cancels.pop(cancel, None)
         self.running -= 1
         self._slots.release()
 
@@ -496,10 +532,10 @@ def _generate_whole(chat: ChatRequest, cancel: threading.Event) -> Completion:
     return Completion("".join(pieces), last, error, time.perf_counter() - started)
 
 
-async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+async def _cancel_on_disconnect(receive: Receive, cancel: threading.Event) -> None:
     """Set `cancel` when the client goes away (the body is already read, so only that remains)."""
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             cancel.set()
             return
@@ -508,23 +544,35 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
 # --- endpoints --------------------------------------------------------------------------------
 
 
-async def chat_completions(request: Request) -> Response:
-    state = request.app.state
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /v1/chat/completions, as a bare ASGI app.
+
+    Requests reach it straight from the app's `__call__`, past Starlette's middleware, routing
+    and Request/Response objects, and it writes its responses onto `send` itself: a third of the
+    server's Python calls per request (docs/serve-performance.md). The bytes are the same.
+    """
+    state = scope["app"].state
     try:
-        _check_api_key(request, state.api_key)
-        body = await _read_body(request, state.max_body_bytes)
+        if state.api_key is not None:
+            _check_authorization(_header(scope, b"authorization"), state.api_key)
+        body = await _receive_body(receive, _header(scope, b"content-length"), state.max_body_bytes)
         chat = parse_chat_request(body, state.models)
         generations: Generations = state.generations
         await generations.admit()
     except RequestError as error:
-        return error_response(error)
+        await _send_json(send, error.status, _error_body(error), error.headers)
+        return
+    except ClientDisconnect:  # gone before its request was read: nobody to answer
+        return
 
     cancel = threading.Event()
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if chat.stream:
-        return await _stream_response(request, chat, cancel, request_id)
+        response = await _stream_response(receive, chat, cancel, request_id, generations)
+        await response(scope, receive, send)
+        return
 
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+    watcher = asyncio.create_task(_cancel_on_disconnect(receive, cancel))
     try:
         # shielded: the worker must run (and free its slot) even if this request is cancelled
         work = generations.run(lambda: _generate_whole(chat, cancel), cancel)
@@ -533,21 +581,34 @@ async def chat_completions(request: Request) -> Response:
         watcher.cancel()
         cancel.set()  # no-op when finished; stops the model if this task was cancelled
     if completion.error is not None:
-        started = completion.last is not None
-        return error_response(generation_error(completion.error, started=started))
+        error = generation_error(completion.error, started=completion.last is not None)
+        await _send_json(send, error.status, _error_body(error), error.headers)
+        return
     # Server-Timing tells a client how much of its wait was the model (benchmarks use it)
     timing = {"Server-Timing": f"generation;dur={completion.seconds * 1000:.3f}"}
-    body = _completion(request_id, chat, completion.text, completion.last)
-    return JSONResponse(body, headers=timing)
+    content = _completion(request_id, chat, completion.text, completion.last)
+    await _send_json(send, 200, content, timing)
+
+
+class _ChatEndpoint:
+    """`chat_completions` as a Route's ASGI app (Starlette would wrap a function as a Request
+    endpoint); the route serves what the fast path in `_ServeApp.__call__` does not take."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await chat_completions(scope, receive, send)
 
 
 async def _stream_response(
-    request: Request, chat: ChatRequest, cancel: threading.Event, request_id: str
+    receive: Receive,
+    chat: ChatRequest,
+    cancel: threading.Event,
+    request_id: str,
+    generations: Generations,
 ) -> Response:
-    queue = request.app.state.generations.start_stream(chat, cancel)
+    queue = generations.start_stream(chat, cancel)
     # Wait for the first delta before answering, so that a prompt that is too long (or any
     # early failure) still gets a proper HTTP error status instead of a broken stream.
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+    watcher = asyncio.create_task(_cancel_on_disconnect(receive, cancel))
     try:
         first = await queue.get()
     except BaseException:
@@ -639,9 +700,12 @@ async def health(request: Request) -> Response:
 
 
 def _check_api_key(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if api_key is not None:
+        _check_authorization(request.headers.get("authorization", ""), api_key)
+
+
+def _check_authorization(authorization: str, api_key: str) -> None:
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
         raise RequestError(
             401,
@@ -650,8 +714,21 @@ def _check_api_key(request: Request, api_key: str | None) -> None:
         )
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    """A request header's value ('' when absent); `name` in lower case, as ASGI gives names."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 past `limit` bytes.
+    """The body of a Starlette request, or 413 past `limit` bytes (see `_receive_body`)."""
+    return await _receive_body(request.receive, request.headers.get("content-length", ""), limit)
+
+
+async def _receive_body(receive: Receive, declared: str, limit: int) -> bytes:
+    """The body, or 413 past `limit` bytes; ClientDisconnect if the client goes away first.
 
     An oversized body is still read to its end (and thrown away, up to a hard cap), because a
     server that answers and closes mid-upload makes most clients report a broken pipe instead of
@@ -662,16 +739,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
         f"The request body is larger than this server's limit of {limit:,} bytes.",
         code="request_too_large",
     )
-    declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > 16 * limit:
         raise too_large
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
         elif size > 16 * limit:
+            break
+        if not message.get("more_body", False):
             break
     if size > limit:
         raise too_large
@@ -692,12 +774,36 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, error: Exception) -> Response:
-    return error_response(
-        RequestError(500, f"Internal server error: {type(error).__name__}", type="server_error")
-    )
+    return error_response(_unexpected(error))
+
+
+def _unexpected(error: Exception) -> RequestError:
+    return RequestError(500, f"Internal server error: {type(error).__name__}", type="server_error")
 
 
 # --- application and running it ----------------------------------------------------------------
+
+
+class _ServeApp(Starlette):
+    """Starlette, except that `POST /v1/chat/completions` goes straight to `chat_completions`.
+
+    Everything else (other paths and methods, lifespan) takes Starlette's way. A fault the
+    endpoint does not handle gets the same OpenAI-format 500 that Starlette's error middleware
+    gives, and is re-raised for the server to log.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            await chat_completions(scope, receive, send)
+        except Exception as error:
+            # RuntimeError: the response had started, so the server can only drop the connection
+            with contextlib.suppress(RuntimeError):
+                await _send_json(send, 500, _error_body(_unexpected(error)))
+            raise
 
 
 def create_app(
@@ -727,9 +833,9 @@ def create_app(
         finally:
             app.state.generations.cancel_all()
 
-    app = Starlette(
+    app = _ServeApp(
         routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route(CHAT_PATH, _ChatEndpoint(), methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
