@@ -788,8 +788,8 @@ class _ServeApp(Starlette):
     """Starlette, except that `POST /v1/chat/completions` goes straight to `chat_completions`.
 
     Everything else (other paths and methods, lifespan) takes Starlette's way. A fault the
-    endpoint does not handle gets the same OpenAI-format 500 that Starlette's error middleware
-    gives, and is re-raised for the server to log.
+    endpoint does not handle is logged and gets the OpenAI-format 500 that Starlette's error
+    middleware gives; unlike there, the connection stays open for the client's next request.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -800,10 +800,11 @@ class _ServeApp(Starlette):
         try:
             await chat_completions(scope, receive, send)
         except Exception as error:
-            # RuntimeError: the response had started, so the server can only drop the connection
-            with contextlib.suppress(RuntimeError):
+            logger.error("unexpected failure in %s", CHAT_PATH, exc_info=error)
+            try:
                 await _send_json(send, 500, _error_body(_unexpected(error)))
-            raise
+            except RuntimeError:  # the response had started: only dropping the connection is left
+                raise error from None
 
 
 def create_app(

@@ -584,6 +584,86 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(client: httpx.Clie
     _assert_error(client.get("/v1/chat/completions"), 405)
 
 
+class NumpyCountingModel(CharBigramModel):
+    """A runtime that reports its token counts as numpy integers, which JSON cannot encode."""
+
+    def stream_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[Delta]:
+        import numpy as np
+
+        for delta in super().stream_chat(messages, **kwargs):
+            usage = {k: np.int64(v) for k, v in (delta.usage or {}).items()} or None
+            yield Delta(delta.text, delta.finish_reason, usage)  # type: ignore[arg-type]
+
+
+def test_a_fault_in_the_server_is_500_in_the_error_format_and_the_server_carries_on() -> None:
+    # POST /v1/chat/completions bypasses Starlette's error middleware: its own guard answers,
+    # and the connection stays usable (the client's next requests reuse it)
+    app = create_app({"numpy": NumpyCountingModel("numpy"), "tiny": CharBigramModel()})
+    request = {"model": "numpy", "messages": USER, "max_tokens": 3}
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        error = _assert_error(client.post("/v1/chat/completions", json=request), 500)
+        assert error == {
+            "message": "Internal server error: TypeError",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        assert client.get("/health").json()["running"] == 0  # the generation's slot is free
+        ok = client.post("/v1/chat/completions", json=request | {"model": "tiny"})
+        assert ok.status_code == 200, ok.text
+
+
+async def test_the_fast_path_answers_as_the_starlette_route_does(tiny: CharBigramModel) -> None:
+    # A path under a root path misses the fast path in _ServeApp.__call__ and is routed by
+    # Starlette to the same endpoint: both must give the same response, byte for byte but the
+    # request id, the time and the measured generation time.
+    from locus_llm.server import Generations
+
+    app = create_app({"tiny": tiny}, max_concurrency=1)
+    app.state.generations = Generations(1, 4)  # what the lifespan sets up in a server
+    fast = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://locus")
+    routed = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app, root_path="/api"), base_url="http://locus"
+    )
+    requests = [
+        {"model": "tiny", "messages": USER, "max_tokens": 30, "temperature": 0},
+        {"model": "tiny", "messages": USER, "max_tokens": 0},  # 400
+        {"model": "absent", "messages": USER},  # 404
+        {"model": "tiny", "messages": USER, "max_tokens": 5, "stream": True, "temperature": 0},
+    ]
+    async with fast, routed:
+        for request in requests:
+            a = await fast.post("/v1/chat/completions", json=request)
+            b = await routed.post("/api/v1/chat/completions", json=request)
+            assert a.status_code == b.status_code, (a.text, b.text)
+            assert _comparable(a) == _comparable(b)
+            assert a.headers["content-type"].split(";")[0] in (
+                "application/json",
+                "text/event-stream",
+            )
+        a = await fast.post("/v1/chat/completions", content=b"{not json")
+        b = await routed.post("/api/v1/chat/completions", content=b"{not json")
+        assert a.status_code == b.status_code == 400
+        assert a.content == b.content
+    app.state.generations.cancel_all()
+
+
+def _comparable(response: httpx.Response) -> tuple[Any, ...]:
+    """A response without what differs from request to request: id, created, Server-Timing."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("server-timing", "date")}
+    text = response.text
+    for field in ("id", "created"):
+        for value in set(_json_values(text, field)):
+            text = text.replace(value, "<" + field + ">")
+    return headers, text
+
+
+def _json_values(text: str, field: str) -> list[str]:
+    import re
+
+    return re.findall(rf'"{field}":\s*("[^"]*"|\d+)', text)
+
+
 def test_api_key_is_required_when_set(tiny: CharBigramModel) -> None:
     app = create_app({"tiny": tiny}, api_key="s3cret")
     request = {"model": "tiny", "messages": USER, "max_tokens": 2}
