@@ -40,6 +40,9 @@ server sends deltas that queued up while it was busy as one chunk (the `chunks` 
 
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_serve.py [--rounds 30]
 
+`bench_serve_floor.py` puts a do-nothing server in place of `locus serve`, to tell what LiteLLM's
+HTTP client costs by itself (docs/serve-performance.md).
+
 About 3-5 minutes on 2 cores (part 1 runs the real model 600 times).
 """
 
