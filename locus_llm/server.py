@@ -548,8 +548,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     """POST /v1/chat/completions, as a bare ASGI app.
 
     Requests reach it straight from the app's `__call__`, past Starlette's middleware, routing
-    and Request/Response objects, and it writes its responses onto `send` itself: a third of the
-    server's Python calls per request (docs/serve-performance.md). The bytes are the same.
+    and Request/Response objects, and it writes its responses onto `send` itself, the same bytes
+    as Starlette's JSONResponse: that saves a third of the server's Python calls per request
+    (docs/serve-performance.md).
     """
     state = scope["app"].state
     try:
