@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locus_llm.analysis.ner_train import (  # noqa: E402
     LABEL_MAP,
+    MODEL_DIR,
     Sample,
     dev_fold,
     split_by_template,
@@ -308,6 +309,13 @@ def baseline_predictor() -> Any:
     ]
 
 
+def unseen_by(model_dir: Path, split: str) -> bool:
+    """Whether the NER model in `model_dir` was trained with `split` ("test", "fold1") held out,
+    as its labels.json records (models from before that record held out the test split only)."""
+    meta = json.loads((model_dir / "labels.json").read_text())
+    return split in meta.get("held_out", ["test"])
+
+
 def load(path: Path | None, fold: int | None = None) -> list[Sample]:
     if fold is not None:
         return dev_fold(fold)
@@ -350,6 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--errors", type=int, default=0, help="print this many errors")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
+    split = "test" if args.fold is None else f"fold{args.fold}"
+    model_dir = args.model_dir or MODEL_DIR
+    if args.data is None and args.ner == "onnx" and not unseen_by(model_dir, split):
+        print(
+            f"error: the NER model in {model_dir} was trained on the {split} templates, so it "
+            "cannot be scored on them; train one that holds them out (python -m "
+            "locus_llm.analysis.ner_train --out DIR [--exclude-fold K]) and pass --model-dir DIR",
+            file=sys.stderr,
+        )
+        return 2
     samples = load(args.data, args.fold)
     unmapped = sorted({t for s in samples for t, _, _ in s.spans} - set(LABEL_MAP.values()))
     if unmapped:

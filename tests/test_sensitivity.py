@@ -745,3 +745,34 @@ def test_an_ensemble_of_taggers_averages_their_probabilities(tmp_path: Any) -> N
     np.testing.assert_allclose(probs["both"], (probs["a"] + probs["b"]) / 2, atol=1e-6)
     with pytest.raises(ValueError, match="at least two"):
         ensemble([a], tmp_path / "one")
+
+
+def test_the_all_templates_model_sees_the_test_split_and_is_never_scored_on_it(
+    tmp_path: Any,
+) -> None:
+    """ner_train --all-templates trains on our test split too (the shipped model); a model
+    records what it held out, and benchmarks/eval_pii.py refuses to score it on what it saw."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from locus_llm.analysis.ner import MODEL_DIR
+    from locus_llm.analysis.ner_train import split_by_template, training_samples
+
+    train, test = split_by_template()
+    everything = {s.template for s in training_samples(all_templates=True)}
+    assert {s.template for s in test} <= everything
+    assert {s.template for s in train} <= everything
+    with pytest.raises(ValueError):
+        training_samples(exclude_fold=0, all_templates=True)
+
+    folder = tmp_path / "seen_all"
+    shutil.copytree(MODEL_DIR, folder)
+    meta = json.loads((folder / "labels.json").read_text())
+    (folder / "labels.json").write_text(json.dumps(dict(meta, held_out=["fold2"])))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_pii.py"
+    refused = subprocess.run(
+        [sys.executable, str(script), "--model-dir", str(folder)], capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert "trained on the test templates" in refused.stderr

@@ -141,9 +141,17 @@ def _fold_ids(k: int, data_dir: Path) -> set[Any]:
     return set(ids[k * size : (k + 1) * size if k < DEV_FOLDS - 1 else len(ids)])
 
 
-def training_samples(exclude_fold: int | None = None, data_dir: Path = DATA_DIR) -> list[Sample]:
-    """The training split, minus dev fold `exclude_fold`'s templates if given."""
-    train, _ = split_by_template(data_dir)
+def training_samples(
+    exclude_fold: int | None = None, data_dir: Path = DATA_DIR, all_templates: bool = False
+) -> list[Sample]:
+    """The training split, minus dev fold `exclude_fold`'s templates if given. `all_templates`:
+    every sentence, our test split included (the shipped model, once the recipe has been chosen
+    on the dev folds and scored on the test split: more templates, better on unseen ones)."""
+    train, test = split_by_template(data_dir)
+    if all_templates:
+        if exclude_fold is not None:
+            raise ValueError("all_templates and exclude_fold exclude each other")
+        return train + test
     if exclude_fold is None:
         return train
     held = {s.template for s in dev_fold(exclude_fold, data_dir)}
@@ -472,6 +480,7 @@ def train_conv(
     pairs: float = 0.0,
     single_org: float = 0.0,
     exclude_fold: int | None = None,
+    all_templates: bool = False,
 ) -> None:
     """Train the convolutional tagger over the precomputed token table (see build_conv_model)."""
     import torch
@@ -492,7 +501,7 @@ def train_conv(
     tokenizer = Tokenizer.from_file(str(encoder_path() / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    train_samples = training_samples(exclude_fold)
+    train_samples = training_samples(exclude_fold, all_templates=all_templates)
     data = encode(
         tokenizer, augment(train_samples, copies, seed, pairs, single_org), specials=False
     )
@@ -525,12 +534,22 @@ def train_conv(
         print(
             f"epoch {epoch} loss {total / len(chunks):.4f} {time.time() - started:.0f}s", flush=True
         )
-    export_conv(model, out_dir, width, dilations)
+    held_out = [] if all_templates else ["test"]
+    held_out += [] if exclude_fold is None else [f"fold{exclude_fold}"]
+    export_conv(model, out_dir, width, dilations, held_out)
     print(f"trained in {time.time() - started:.0f}s → {out_dir}")
 
 
-def export_conv(model: Any, out_dir: Path, width: int, dilations: tuple[int, ...]) -> None:
-    """Write the trained tagger as ONNX (see conv_graph), its tokenizer and labels."""
+def export_conv(
+    model: Any,
+    out_dir: Path,
+    width: int,
+    dilations: tuple[int, ...],
+    held_out: list[str] | None = None,
+) -> None:
+    """Write the trained tagger as ONNX (see conv_graph), its tokenizer and labels. `held_out`
+    names the splits it never saw ("test", "fold1"): eval_pii refuses to score a model on
+    templates it was trained on."""
     import torch
 
     model.eval()
@@ -557,6 +576,7 @@ def export_conv(model: Any, out_dir: Path, width: int, dilations: tuple[int, ...
                 "width": width,
                 "dilations": list(dilations),
                 "receptive_field": sum(dilations),
+                "held_out": ["test"] if held_out is None else held_out,
             },
             indent=1,
         )
@@ -712,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exclude-fold", type=int, help="leave dev fold K's templates out (for eval_pii --fold K)"
     )
+    parser.add_argument(
+        "--all-templates",
+        action="store_true",
+        help="train on every template, our test split included (the shipped model)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch and augmentation seed")
     parser.add_argument("--table-cache", type=Path, help="keep the token table here between runs")
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
@@ -739,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs=args.pairs,
             single_org=args.single_org,
             exclude_fold=args.exclude_fold,
+            all_templates=args.all_templates,
         )
     else:
         train(args.layers, args.epochs, args.copies, args.out)
