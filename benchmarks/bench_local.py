@@ -13,6 +13,14 @@ profiler's own cost per node is counted).
         [--tokens 128] [--runs 5] [--long-prompt 4000] [--folder MODEL_FOLDER]
 
 `--folder` measures an existing model folder (e.g. an older conversion) instead of converting.
+`--two-pass ROLES`, `--rescored N`, `--head-bits 4|8` convert with the converter's precision
+knobs changed; `--versus-v4 ROUNDS` also converts the graph of converter version 4 (int8
+activations everywhere, 64 rescored candidates, 4-bit head) and times decode and prefill of both,
+alternating in one process: the `*_vs_v4_graph` ratios are what the knobs cost
+(docs/local-precision.md). E.g. (about 1 min on an idle machine):
+
+    python benchmarks/bench_local.py --runs 3 --long-prompt 0 --rescored 512 --versus-v4 20
+
 LOCUS_ONNX_SPIN_US=N makes onnxruntime's worker threads spin N µs before sleeping (0: never).
 The runtime child also
 times, in one process and alternating, the same decode with threads that spin, that never spin,
@@ -44,6 +52,47 @@ def rss_mb() -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def compare_graphs(folder: Path, baseline: Path, threads: int, rounds: int) -> dict[str, Any]:
+    """Decode and 50-token prefill of the folder against a baseline folder (the converter-version-4
+    graph: one int8 pass everywhere, 64 rescored candidates), alternating in this process so load
+    hits both alike: paired ratios of wall and CPU time (< 1: faster)."""
+    from locus_llm.local.runtime import OnnxChatModel
+
+    models = {
+        "new": OnnxChatModel(folder, threads=threads),
+        "v4": OnnxChatModel(baseline, threads=threads),
+    }
+    prompt = list(range(1000, 1000 + PROMPT_TOKENS))
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"decode_wall": [], "decode_cpu": [], "prefill_wall": [], "prefill_cpu": []}
+        for name in models
+    }
+    for round_ in range(rounds + 1):  # the first round warms up
+        for name, model in models.items():
+            cache = model.new_cache(PROMPT_TOKENS + 33)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            token = int(cache.step(prompt).argmax())
+            wall1, cpu1 = time.perf_counter(), time.process_time()
+            for _ in range(32):
+                token = int(cache.step([token]).argmax())
+            wall2, cpu2 = time.perf_counter(), time.process_time()
+            if round_:
+                got = times[name]
+                got["prefill_wall"].append(wall1 - wall0)
+                got["prefill_cpu"].append(cpu1 - cpu0)
+                got["decode_wall"].append((wall2 - wall1) / 32)
+                got["decode_cpu"].append((cpu2 - cpu1) / 32)
+    figures: dict[str, Any] = {
+        "v4_graph_decode_ms_per_token_wall": round(
+            statistics.median(times["v4"]["decode_wall"]) * 1000, 2
+        )
+    }
+    for key in times["new"]:
+        pairs = zip(times["new"][key], times["v4"][key], strict=True)
+        figures[f"{key}_vs_v4_graph"] = round(statistics.median(a / b for a, b in pairs), 3)
+    return figures
 
 
 def measure_runtime(folder: Path, threads: int, tokens: int, runs: int) -> dict[str, Any]:
@@ -199,6 +248,22 @@ def measure_long_prompt(folder: Path, threads: int, prompt_tokens: int) -> dict[
     }
 
 
+def convert_v4_graph(out: Path) -> None:
+    """SmolLM2 int4 as converter version 4 built it: no two-pass inputs, 64 rescored candidates."""
+    from locus_llm.local import converter, models
+
+    saved = converter.TWO_PASS_ROLES, converter.RESCORED_CANDIDATES, converter.HEAD_BITS
+    converter.TWO_PASS_ROLES, converter.RESCORED_CANDIDATES, converter.HEAD_BITS = (
+        frozenset(),
+        64,
+        4,
+    )
+    try:
+        converter.convert_gguf(models.default_gguf(), out, quant="int4", name="smollm2-v4")
+    finally:
+        converter.TWO_PASS_ROLES, converter.RESCORED_CANDIDATES, converter.HEAD_BITS = saved
+
+
 def child(*args: str) -> dict[str, Any]:
     """Figures from this script run as a fresh process (its last output line, JSON)."""
     done = subprocess.run(
@@ -218,7 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", help="benchmark this model folder instead of converting")
     parser.add_argument("--runtime-only", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--long-only", metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--versus-only", nargs=2, metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--two-pass",
+        metavar="ROLES",
+        help="convert with these MatMul roles fed as two int8 halves (comma-separated; "
+        "docs/local-precision.md)",
+    )
+    parser.add_argument(
+        "--rescored", type=int, help="convert with N rescored vocabulary candidates"
+    )
+    parser.add_argument("--head-bits", type=int, choices=[4, 8], help="convert with this head")
+    parser.add_argument(
+        "--versus-v4",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time the int4 graph against converter version 4's in one process (rounds)",
+    )
     args = parser.parse_args(argv)
+    if args.versus_only:
+        new, old = (Path(f) for f in args.versus_only)
+        print(json.dumps(compare_graphs(new, old, args.threads, args.versus_v4)))
+        return 0
     if args.runtime_only:
         figures = measure_runtime(Path(args.runtime_only), args.threads, args.tokens, args.runs)
         print(json.dumps(figures))
@@ -227,8 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_long_prompt(Path(args.long_only), args.threads, args.long_prompt)))
         return 0
 
-    from locus_llm.local import models
+    from locus_llm.local import converter, models
     from locus_llm.local.converter import convert_gguf
+
+    if args.two_pass:
+        converter.TWO_PASS_ROLES = frozenset(args.two_pass.split(","))
+    if args.rescored is not None:
+        converter.RESCORED_CANDIDATES = args.rescored
+    if args.head_bits is not None:
+        converter.HEAD_BITS = args.head_bits
 
     load_before = os.getloadavg()
     conversion: dict[str, Any] = {}
@@ -262,11 +356,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.long_prompt:
             runtime |= child("--long-only", folder, *common, "--long-prompt", str(args.long_prompt))
+        if args.versus_v4:
+            baseline = Path(scratch) / "v4-graph"
+            convert_v4_graph(baseline)
+            runtime |= child(
+                "--versus-only", folder, str(baseline), *common, "--versus-v4", str(args.versus_v4)
+            )
     load_after = os.getloadavg()
     report = {
         "model": "SmolLM2-135M-Instruct",
         "quant": args.quant,
         "folder": args.folder or f"converted now ({args.attention} attention)",
+        "two_pass_roles": ",".join(sorted(converter.TWO_PASS_ROLES)) or "none",
+        "rescored_candidates": converter.RESCORED_CANDIDATES,
+        "head_bits": converter.HEAD_BITS,
         **conversion,
         **runtime,
         "load_average_before": load_before[0],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from locus_llm.local.converter import ConversionError, convert_gguf, quantize_blockwise
@@ -127,9 +128,11 @@ def test_gguf_4bit_weights_are_kept_exactly_at_int4(
     (accuracy level 0) it computes what the float32 conversion of the same file computes; with
     the fast kernel's int8 activations (the default) it stays within a few percent. The
     vocabulary projection runs at 4 bits and rescores its top candidates in float: those are
-    exact, the tail carries the 4-bit error."""
+    exact, the tail carries the 4-bit error (at HEAD_BITS = 8, the file's Q8_0 codes: exact)."""
     from locus_llm.local import converter
 
+    # Fewer candidates than the tiny vocabulary (400), or all would be rescored.
+    monkeypatch.setattr(converter, "RESCORED_CANDIDATES", 64)
     tiny = build_tiny_llama(tmp_path / f"{qtype}.gguf", quantized=qtype)
     convert_gguf(tiny.gguf_path, tmp_path / "fp32", quant="fp32")
     convert_gguf(tiny.gguf_path, tmp_path / "int4", quant="int4")
@@ -148,6 +151,9 @@ def test_gguf_4bit_weights_are_kept_exactly_at_int4(
     np.testing.assert_allclose(head, np.take_along_axis(reference, top, axis=-1), atol=0.05)
     tail_error = np.abs(logits("int4-float") - reference).max()
     assert 0.05 < tail_error < 0.2 * np.abs(reference).max()  # the unscored 4-bit tail
+    monkeypatch.setattr(converter, "HEAD_BITS", 8)
+    convert_gguf(tiny.gguf_path, tmp_path / "int4-float-head8", quant="int4")
+    assert np.abs(logits("int4-float-head8") - reference).max() < 0.05  # the file's 8-bit codes
     assert np.abs(logits("int4") - reference).max() < 0.2 * np.abs(reference).max()
     fast_head = np.take_along_axis(logits("int4"), top, axis=-1)
     assert np.abs(fast_head - np.take_along_axis(reference, top, axis=-1)).max() < (
@@ -156,6 +162,39 @@ def test_gguf_4bit_weights_are_kept_exactly_at_int4(
     assert (tmp_path / "int4" / "model.onnx.data").stat().st_size < (
         (tmp_path / "fp32" / "model.onnx.data").stat().st_size / 2
     )
+
+
+def test_two_pass_inputs_compute_like_float_activations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MatMulNBits fed x as two int8 halves (x on the kernel's int8 grid, then the rest)
+    computes what float activations compute, where one int8 pass is off by the rounding."""
+    from locus_llm.local import converter
+
+    tiny = build_tiny_llama(tmp_path / "q41.gguf", quantized="Q4_1")
+    ids = tiny.tokenizer.encode(PROMPT + " is Paris").ids
+
+    def logits(folder: str, level: int, roles: frozenset[str]) -> np.ndarray:
+        monkeypatch.setattr(converter, "ACCURACY_LEVEL", level)
+        monkeypatch.setattr(converter, "TWO_PASS_ROLES", roles)
+        convert_gguf(tiny.gguf_path, tmp_path / folder, quant="int4")
+        return np.stack(list(OnnxChatModel(tmp_path / folder, threads=1).next_token_logits(ids)))
+
+    every = frozenset({"attn_qkv", "attn_output", "ffn_gate_up", "ffn_down"})
+    float_activations = logits("float", 0, every)  # level 0 has no int8 grid to split on
+    two_pass = logits("two-pass", 4, every)
+    one_pass = logits("one-pass", 4, frozenset())
+    graph = onnx.load(tmp_path / "two-pass" / "model.onnx", load_external_data=False)
+    assert sum(n.op_type == "Round" for n in graph.graph.node) == 4 * 2  # 4 roles × 2 layers
+    # The top candidates are rescored in float, so only the layers' arithmetic differs there.
+    top = np.argsort(-float_activations, axis=-1)[:, :8]
+
+    def head_error(candidate: np.ndarray) -> float:
+        diff = np.take_along_axis(candidate - float_activations, top, axis=-1)
+        return float(np.abs(diff).max())
+
+    assert head_error(one_pass) > 1e-3  # int8 activations round visibly even in a tiny model
+    assert head_error(two_pass) < head_error(one_pass) / 20
 
 
 def test_4bit_requantisation_searches_the_clipping_range(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,11 @@ published ONNX decoders use (`input_ids`, `attention_mask`, [`position_ids`,]
 projection for the rest of the prompt is most of the prefill time of a small model.
 
 int4 keeps GGUF's Q4_0/Q4_1 codes exactly. MatMulNBits computes with int8 activations
-(`accuracy_level` 4, several times faster than float here): that rounding, spread over every layer,
-is what separates the result from a float32 reference (about 0.1 logit on the top candidates).
+(`accuracy_level` 4; float activations are 3-4x slower per call at one row on this AVX2 CPU): that
+rounding, spread over every layer, is what separates the result from a float32 reference (0.12
+logit on the top 5 candidates); the 4-bit vocabulary projection outside the rescored candidates
+is most of the KL. TWO_PASS_ROLES (off by default) computes chosen MatMuls as float activations
+would at int8 speed plus a few small nodes; the measurements are in docs/local-precision.md.
 
 The output folder holds `model.onnx` (+ `model.onnx.data`), `tokenizer.json`, `tokenizer_config.json`
 (with the chat template) and `locus.json` (what the runtime needs: context window, stop tokens).
@@ -43,9 +46,22 @@ BLOCK_SIZE = 32
 # int8 activations inside MatMulNBits: onnxruntime's fast CPU path for quantised weights.
 ACCURACY_LEVEL = 4
 ATTENTIONS = ("gqa", "standard")
-# int4: the vocabulary projection runs at 4 bits, then this many top candidates are scored
-# again against a float16 copy of the matrix (0: an 8-bit projection instead).
+# int4: the vocabulary projection runs at HEAD_BITS, then this many top candidates are scored
+# again against a float16 copy of the matrix (0: an 8-bit projection, not rescored). The 4-bit
+# error of the other logits is most of the distance (KL) to a float reference: 64 candidates
+# leave 0.0158 on SmolLM2, 512 leave 0.0071 (docs/local-precision.md).
 RESCORED_CANDIDATES = 64
+# 8: the file's own codes when the matrix is Q8_0 (SmolLM2's is), which leaves only the int8
+# rounding of the input in the tail (KL 0.0023), but reads twice the bytes per token.
+HEAD_BITS = 4
+# The MatMuls of a layer, by role (as in TWO_PASS_ROLES).
+MATMUL_ROLES = ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down")
+# Exact 4-bit MatMuls whose input goes in as two int8 halves (`_Graph._two_pass_input`): float
+# accuracy for one MatMulNBits call at two rows instead of one, plus 13 small nodes. On SmolLM2,
+# attn_qkv alone: a quarter less top-5 logit error for ~+7 % decode time; every role: float
+# accuracy for ~+40 % decode and +60-100 % prefill time. Off by default: a partial fix moves the
+# near-ties as any rounding does (it flipped the "capital of France" answer).
+TWO_PASS_ROLES: frozenset[str] = frozenset()
 # Fractions of a block's range tried when re-quantising float weights to 4 bits.
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 # Bit widths quantised symmetrically (no zero points: onnxruntime's fastest kernels).
@@ -459,8 +475,10 @@ class _Graph:
         *,
         min_bits: int = 4,
         blocks: Blocks4 | None = None,
+        two_pass: bool = False,
     ) -> str:
-        """x @ weight.T (+ bias), weight [N, K] as stored in GGUF (`blocks`: its 4-bit codes)."""
+        """x @ weight.T (+ bias), weight [N, K] as stored in GGUF (`blocks`: its 4-bit codes;
+        `two_pass`: feed them x as two int8 halves, see `_two_pass_input`)."""
         n, k = weight.shape
         if self.quant == "fp32":
             (y,) = self.op("MatMul", [x, self.const(stem, np.ascontiguousarray(weight.T))])
@@ -469,7 +487,7 @@ class _Graph:
             return y
         bits = max(4 if self.quant == "int4" else 8, min_bits)
         if bits == 4 and blocks is not None and bias is None and k % BLOCK_SIZE == 0:
-            return self._linear_blocks4(x, blocks, stem)
+            return self._linear_blocks4(x, blocks, stem, two_pass)
         if bits in SYMMETRIC_BITS:
             packed, scales = quantize_symmetric(weight, bits)
             inputs = [x, self.const(stem + "_q", packed), self.const(stem + "_scales", scales)]
@@ -497,7 +515,7 @@ class _Graph:
         )
         return y
 
-    def _linear_blocks4(self, x: str, blocks: Blocks4, stem: str) -> str:
+    def _linear_blocks4(self, x: str, blocks: Blocks4, stem: str, two_pass: bool) -> str:
         """Exact GGUF 4-bit weights: x·(d(q-8))ᵀ by MatMulNBits, plus x·(m+8d)ᵀ per block.
 
         The second term is the sum of x over each 32-wide block (x times a 0/1 matrix) times a
@@ -507,10 +525,11 @@ class _Graph:
         """
         n, n_blocks, size = blocks.q.shape
         packed = blocks.q[..., 0::2] | (blocks.q[..., 1::2] << 4)
+        two_pass = two_pass and ACCURACY_LEVEL == 4 and size == BLOCK_SIZE
         (y,) = self.op(
             "MatMulNBits",
             [
-                x,
+                self._two_pass_input(x) if two_pass else x,
                 self.const(stem + "_q", np.ascontiguousarray(packed)),
                 self.const(stem + "_scales", blocks.d.reshape(-1)),
             ],
@@ -521,6 +540,9 @@ class _Graph:
             block_size=BLOCK_SIZE,
             accuracy_level=ACCURACY_LEVEL,
         )
+        if two_pass:  # the two halves' products, stacked on the batch axis, add up to x's
+            (y_grid, y_rest) = self.op("Split", [y], n_out=2, axis=0, num_outputs=2)
+            (y,) = self.op("Add", [y_grid, y_rest])
         offsets = (blocks.m + 8 * blocks.d).T.astype(np.float32)
         if not np.any(offsets):  # Q4_0: nothing to add
             return y
@@ -528,6 +550,37 @@ class _Graph:
         (correction,) = self.op("MatMul", [sums, self.const(stem + "_offsets", offsets)])
         (y,) = self.op("Add", [y, correction])
         return y
+
+    def _two_pass_input(self, x: str) -> str:
+        """[x1; x - x1] on the batch axis, x1 being x rounded to MatMulNBits' own int8 grid.
+
+        At accuracy level 4 MatMulNBits rounds every 32-wide block of its input to int8 steps of
+        max|x|/127. x1, rounded here to that very grid, goes through unchanged; the rest,
+        r = x - x1, is at most half a step, so its own rounding is ~254 times smaller than x's.
+        Both rows share one call: the weights are read once, and at one row the kernel waits
+        on them more than it computes (in SmolLM2's decode, 43 µs against 41 for one row; the
+        13 small nodes around it cost more).
+        """
+        (blocks,) = self.op("Reshape", [x, self.shared_const("two_pass_blocks", [0, 0, -1, 32])])
+        (magnitude,) = self.op("Abs", [blocks])
+        (peak,) = self.op("ReduceMax", [magnitude, self.shared_const("last_axis", [-1])])
+        # A block of zeros must not divide by zero (its x1 and rest are then zeros).
+        (peak,) = self.op("Max", [peak, self.shared_const("tiny", np.float32(1e-30))])
+        (step,) = self.op("Mul", [peak, self.shared_const("one_127th", np.float32(1 / 127))])
+        (grid,) = self.op("Div", [blocks, step])
+        (grid,) = self.op("Round", [grid])
+        (grid,) = self.op("Mul", [grid, step])
+        (rest,) = self.op("Sub", [blocks, grid])
+        (both,) = self.op("Concat", [grid, rest], axis=0)
+        (both,) = self.op("Reshape", [both, self.shared_const("two_pass_rows", [0, 0, -1])])
+        return both
+
+    def shared_const(self, key: str, value: Any) -> str:
+        """One initializer per key for small constants used by many nodes (int lists: int64)."""
+        if key not in self._shared:
+            array = np.array(value, dtype=np.int64) if isinstance(value, list) else value
+            self._shared[key] = self.const(key, np.asarray(array))
+        return self._shared[key]
 
     def block_indicator(self, n_blocks: int, size: int) -> str:
         """A [K, blocks] 0/1 matrix summing x over each block (one per K, shared)."""
@@ -596,9 +649,10 @@ def _rescored_head(g: _Graph, x: str, head: np.ndarray, table: str | None) -> st
     it only has to find the candidates: the top ones are then scored again exactly, against the
     float16 embedding table when the weights are tied (already in the graph for the lookup). That
     costs about half the 8-bit projection's time; logits outside the top candidates keep the
-    4-bit error, which only matters for the far tail of sampling.
+    projection's error (4 bits by default, see HEAD_BITS), which only matters for the far tail of
+    sampling (and is most of the KL to a float reference).
     """
-    approx = g.linear(x, head, "lm_head", min_bits=4)
+    approx = g.linear(x, head, "lm_head", min_bits=HEAD_BITS)
     if table is None:
         table = g.const("lm_head_f16", head.astype(np.float16))
     k = g.const("k", np.array([min(RESCORED_CANDIDATES, head.shape[0])], dtype=np.int64))
@@ -701,7 +755,14 @@ def _build_graph(
         wqkv = np.concatenate([wq, wk, load(f"{blk}.attn_v.weight")], axis=0)
         biases = [bias(f"{blk}.attn_{n}.bias") for n in "qkv"]
         bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
-        qkv = g.linear(h, wqkv, f"{blk}.attn_qkv", bqkv, blocks=qkv_codes)
+        qkv = g.linear(
+            h,
+            wqkv,
+            f"{blk}.attn_qkv",
+            bqkv,
+            blocks=qkv_codes,
+            two_pass="attn_qkv" in TWO_PASS_ROLES,
+        )
         present = [f"present.{i}.key", f"present.{i}.value"]
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         if fused:
@@ -723,6 +784,7 @@ def _build_graph(
             load(f"{blk}.attn_output.weight"),
             f"{blk}.attn_output",
             blocks=codes(f"{blk}.attn_output.weight"),
+            two_pass="attn_output" in TWO_PASS_ROLES,
         )
         h, x = norm(x, o, f"{blk}.ffn_norm")
         gate_up = np.concatenate([load(f"{blk}.ffn_gate.weight"), load(f"{blk}.ffn_up.weight")])
@@ -731,6 +793,7 @@ def _build_graph(
             gate_up,
             f"{blk}.ffn_gate_up",
             blocks=codes(f"{blk}.ffn_gate.weight", f"{blk}.ffn_up.weight"),
+            two_pass="ffn_gate_up" in TWO_PASS_ROLES,
         )
         gate, up = g.op(
             "Split",
@@ -746,6 +809,7 @@ def _build_graph(
             load(f"{blk}.ffn_down.weight"),
             f"{blk}.ffn_down",
             blocks=codes(f"{blk}.ffn_down.weight"),
+            two_pass="ffn_down" in TWO_PASS_ROLES,
         )
 
     assert pending is not None
