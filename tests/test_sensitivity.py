@@ -525,6 +525,23 @@ def test_dialogue_speakers_follow_the_speaker_the_model_found() -> None:
     assert dialogue_speakers("Koppány: hi", model) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("They're not answering at 71-33-52-22", "71-33-52-22"),
+        ("Phone: 60-56-85-91", "60-56-85-91"),
+        ("I would like to stop receiving messages to 699 956 915", "699 956 915"),
+        ("You can reach me on 0680 298 70 63 after six", "0680 298 70 63"),
+    ],
+)
+def test_phone_in_pairs_of_digits_or_after_a_verb_of_calling_is_found(
+    patterns_only: SensitivityDetector, text: str, phone: str
+) -> None:
+    """National formats written in digit pairs, and the words people use around a number to
+    be called or texted on ("answering at", "messages to", "reach me on")."""
+    assert found(patterns_only, text).get("PHONE_NUMBER") == [phone]
+
+
 def test_number_with_an_unrelated_word_after_is_not_a_phone(
     patterns_only: SensitivityDetector,
 ) -> None:

@@ -517,6 +517,13 @@ def context_recognizers() -> list[EntityRecognizer]:
                     "contact",
                     "registered",
                     "landline",
+                    "answering",
+                    "reach",
+                    "text",
+                    "message",
+                    "messages",
+                    "ring",
+                    "dial",
                 ],
                 0.6,
                 validate=lambda v: 7 <= len(digits_of(v)) <= 15,
@@ -535,7 +542,8 @@ def context_recognizers() -> list[EntityRecognizer]:
                     "landline",
                 ],
             ),
-            r"\d{3}",
+            # two digit pairs, maybe apart: "60-56-85-91" has no three digits in a row
+            r"\d\d[ ().\-]?\d\d",
         ),
         WindowedRecognizer(
             ContextNumberRecognizer(
