@@ -17,7 +17,7 @@ Measured, int4 (session 4; docs/local-precision.md has every variant and its cos
 |---|---|---|---|
 | converter version 4 (shipped: int8 activations, 64 rescored candidates) | 98.0 % (196/200) | 0.124 | 0.0158 |
 | `--two-pass attn_qkv --rescored 512` (x1.10-1.15 decode time) | 97.5 % (195/200) | 0.096 | 0.0064 |
-| `--rescored 512` (about free) | 98.0 % (196/200) | 0.124 | 0.0071 |
+| `--rescored 512` (x1.06-1.08 decode time) | 98.0 % (196/200) | 0.124 | 0.0071 |
 | `--accuracy-level 0` (float activations, x3.0-3.6 decode time) | 100 % | 0.0013 | 0.0138 |
 | `--two-pass attn_qkv,attn_output,ffn_gate_up,ffn_down` (x1.4 decode) | 100 % | 0.0014 | 0.0138 |
 
