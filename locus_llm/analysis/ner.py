@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
+from locus_llm.analysis.recognizers import word_end, word_start
+
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "ner"
 CASE_VOCAB = 6  # 0 special, 1 lower, 2 Capitalised, 3 UPPER, 4 has digits, 5 other
 WINDOW = 128  # transformer models: word pieces per window, [CLS]/[SEP] included
@@ -415,12 +417,7 @@ def _alone(text: str, start: int, end: int) -> bool:
     punctuation aside)."""
     if not text[start : start + 1].isupper():
         return False
-    a, b = start, end
-    while a > 0 and not text[a - 1].isspace():
-        a -= 1
-    while b < len(text) and not text[b].isspace():
-        b += 1
-    return text[a:b].rstrip(",.;:!?").isalpha()
+    return text[word_start(text, start) : word_end(text, end)].rstrip(",.;:!?").isalpha()
 
 
 _shared: dict[tuple[Path, int], OnnxNer] = {}

@@ -296,10 +296,10 @@ def text_windows(text: str, candidate: re.Pattern[str], pad: int) -> list[tuple[
         b = min(n, match.end() + pad)
         if windows and a <= windows[-1][1]:  # joins the previous window: only its end grows
             if b > windows[-1][1]:
-                windows[-1] = (windows[-1][0], _word_end(text, b))
+                windows[-1] = (windows[-1][0], word_end(text, b))
             continue
-        a = _word_start(text, a)
-        b = _word_end(text, b)
+        a = word_start(text, a)
+        b = word_end(text, b)
         if windows and a <= windows[-1][1]:
             windows[-1] = (windows[-1][0], max(b, windows[-1][1]))
         else:
@@ -310,13 +310,13 @@ def text_windows(text: str, candidate: re.Pattern[str], pad: int) -> list[tuple[
 _SPACE = re.compile(r"\s")
 
 
-def _word_end(text: str, b: int) -> int:
+def word_end(text: str, b: int) -> int:
     """The first whitespace at or after b (or the end): C-speed search instead of a char loop."""
     found = _SPACE.search(text, b)
     return found.start() if found else len(text)
 
 
-def _word_start(text: str, a: int) -> int:
+def word_start(text: str, a: int) -> int:
     """Just after the last whitespace before a. Looked for in the 64 characters before a (a
     longer word is walked back char by char)."""
     if a == 0 or text[a - 1].isspace():
