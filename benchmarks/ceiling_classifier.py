@@ -413,20 +413,11 @@ def step_finetune(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, A
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    tasks, y, has_task = task_arrays(data)
+    tasks, y, _ = task_arrays(data)
     texts = [e.text for e in data["examples"]]
     tokenizer = tokenizer_for(args.seq)
     token_lists = encode_pairs(tokenizer, texts, args.seq)
-    train = np.flatnonzero(has_task & ~data["dev"])
-    # math and code are near-perfect already (F1 0.99 for the static model); a capped share of
-    # them keeps the fine-tuning time on the confusable Dolly classes
-    keep = []
-    for c, name in enumerate(tasks):
-        rows = train[y[train] == c]
-        cap = args.cap if name in ("math", "code") else len(rows)
-        keep.append(rng.permutation(rows)[:cap])
-    train = np.concatenate(keep)
-    dev = np.flatnonzero(has_task & data["dev"])
+    train, dev = finetune_rows(args, data, rng)
     print(f"fine-tuning on {len(train)} rows, dev {len(dev)}, seq {args.seq}", flush=True)
 
     encoder = AutoModel.from_pretrained(str(minilm_dir()))
@@ -474,11 +465,12 @@ def step_finetune(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, A
     return result
 
 
-def finetune_rows(args: argparse.Namespace, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(train, dev) example indices: every task row, with math and code capped at --cap rows:
-    both are near-perfect already (F1 0.99 for the static model), so the capped share keeps the
-    CPU time on the confusable Dolly classes."""
-    rng = np.random.default_rng(0)
+def finetune_rows(
+    args: argparse.Namespace, data: dict[str, Any], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, dev) example indices: every task row, with math and code capped at --cap rows
+    (drawn with `rng`): both are near-perfect already (F1 0.99 for the static model), so the
+    capped share keeps the CPU time on the confusable Dolly classes."""
     tasks, y, has_task = task_arrays(data)
     train = np.flatnonzero(has_task & ~data["dev"])
     keep = []
@@ -501,7 +493,7 @@ def step_finetune_top(args: argparse.Namespace, data: dict[str, Any]) -> dict[st
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     tasks, y, _ = task_arrays(data)
-    train, dev = finetune_rows(args, data)
+    train, dev = finetune_rows(args, data, np.random.default_rng(0))
     tokenizer = tokenizer_for(args.seq)
     rows = np.concatenate([train, dev])
     token_lists = dict(
